@@ -1,0 +1,361 @@
+"""fiveplane's mitmproxy addon: translate flows for the core, realize its decisions.
+
+Usable embedded (``fiveplane run``) and as ``mitmdump -s addons/fiveplane_gate.py
+--set fiveplane_policy=policies/default.yaml``. Every hook fails closed: mitmproxy
+logs an addon exception and forwards the flow, so each hook catches everything and
+denies instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.proxy import server_hooks
+
+from proxy.action import Action, Kind
+from proxy.errors import AuditError, PolicyError
+from proxy.evidence import JsonlSink
+from proxy.gateway import Gateway, RequestResult
+from proxy.mcp_response import ResponseGovernor
+from proxy.netaddr import HostError, parse_ip
+from proxy.policy import compile_file
+from proxy.replies import Reply, deny_reply, sse_error_event
+from proxy.translate import RequestView
+
+log = logging.getLogger("fiveplane")
+META = "fiveplane"
+DNS_TIMEOUT = 5.0
+
+
+def _respond(flow: http.HTTPFlow, reply: Reply) -> None:
+    flow.response = http.Response.make(reply.status, reply.body, reply.headers)
+
+
+def fail_closed(hook: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn any exception in a flow hook into a deny with a reason."""
+
+    @functools.wraps(hook)
+    async def wrapper(self: FiveplaneGate, flow: http.HTTPFlow) -> None:
+        try:
+            await hook(self, flow)
+        except Exception as e:
+            self.deny_on_error(flow, hook.__name__, e)
+
+    return wrapper
+
+
+class FiveplaneGate:
+    def __init__(self) -> None:
+        self.gateway: Gateway | None = None
+        self._actions: dict[str, Action] = {}
+        self._governors: dict[str, ResponseGovernor] = {}
+        self._dns: dict[tuple[str, int], tuple[float, tuple[str, ...]]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+        self._resolve: Any = None
+
+    # --- options and configuration ---------------------------------------------------
+
+    def load(self, loader: Any) -> None:
+        loader.add_option("fiveplane_policy", str, "", "Policy YAML file.")
+        loader.add_option("fiveplane_state_dir", str, ".fiveplane",
+                          "Directory for evidence and local state.")
+        loader.add_option("fiveplane_instance", str, "", "Instance name in evidence records.")
+        loader.add_option("fiveplane_reload_interval", float, 1.0,
+                          "Seconds between policy file checks (0 disables hot reload).")
+        loader.add_option("fiveplane_test_faults", bool, False,
+                          "Testing only: a request header `x-fiveplane-test-fault` raises "
+                          "inside the addon, to prove that addon errors deny.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "fiveplane_policy" not in updated and "fiveplane_state_dir" not in updated:
+            return
+        path = ctx.options.fiveplane_policy
+        if not path:
+            # Without a policy every hook denies ("not configured"): fail closed.
+            log.error("fiveplane_policy is not set: every request will be denied")
+            return
+        try:
+            policy = compile_file(path)
+        except PolicyError as e:
+            if self.gateway is not None:  # a reload: keep the last good policy
+                log.error("policy does not compile, keeping the previous one:\n%s", e)
+                return
+            raise exceptions.OptionsError(f"policy does not compile:\n{e}") from e
+        if self.gateway is not None and self.gateway.policy_path == Path(path):
+            self.gateway.swap(policy)
+            return
+        state = Path(ctx.options.fiveplane_state_dir)
+        try:
+            sink = JsonlSink(state / "evidence.jsonl")
+        except AuditError as e:
+            raise exceptions.OptionsError(str(e)) from e
+        instance = ctx.options.fiveplane_instance or f"{os.uname().nodename}:{os.getpid()}"
+        if self.gateway is not None:
+            self.gateway.close()
+        self.gateway = Gateway(policy, sink, instance=instance, policy_path=path)
+
+    def running(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._resolve is None:
+            self._resolve = loop.getaddrinfo
+            loop.getaddrinfo = self._guarded_getaddrinfo  # type: ignore[method-assign]
+        if ctx.options.fiveplane_reload_interval > 0 and self._watcher is None:
+            self._watcher = asyncio.create_task(self._watch_policy())
+
+    def done(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        if self.gateway is not None:
+            self.gateway.close()
+
+    def gw(self) -> Gateway:
+        if self.gateway is None:
+            raise RuntimeError("fiveplane is not configured")
+        return self.gateway
+
+    async def _watch_policy(self) -> None:
+        path = self.gw().policy_path
+        assert path is not None
+        last = _mtime(path)
+        while True:
+            await asyncio.sleep(ctx.options.fiveplane_reload_interval)
+            now = _mtime(path)
+            if now != last:
+                last = now
+                self.gw().reload()
+
+    # --- network: the address actually connected to ------------------------------------
+
+    async def _guarded_getaddrinfo(self, host: Any, port: Any, *args: Any, **kw: Any) -> Any:
+        infos = await self._resolve(host, port, *args, **kw)
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        for info in infos:
+            address = str(info[4][0])
+            blocked = self.gw().policy.network.address_verdict(address, int(port or 0), via=name)
+            if blocked is not None:
+                self.gw().refuse(None, blocked.id, blocked.reason)
+                raise OSError(f"fiveplane: {blocked.reason}")
+        return infos
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        try:
+            host, port = data.server.address or ("", 0)
+            blocked = self.gw().policy.network.address_verdict(str(host), int(port))
+            if blocked is not None:
+                self.gw().refuse(None, blocked.id, blocked.reason)
+                data.server.error = f"fiveplane: {blocked.reason}"
+        except Exception as e:
+            data.server.error = f"fiveplane: internal error, connection refused: {e!r}"
+
+    async def _addresses(self, host: str, port: int) -> tuple[str, ...]:
+        try:
+            if parse_ip(host) is not None:
+                return ()
+        except HostError:
+            return ()
+        now = time.monotonic()
+        cached = self._dns.get((host, port))
+        if cached and cached[0] > now:
+            return cached[1]
+        try:
+            infos = await asyncio.wait_for(self._resolve(host, port), DNS_TIMEOUT)
+        except (OSError, TimeoutError):
+            return ()
+        found = tuple(sorted({str(i[4][0]) for i in infos}))
+        if len(self._dns) > 4096:
+            self._dns.clear()
+        self._dns[(host, port)] = (now + 10.0, found)
+        return found
+
+    # --- stop points 1-3: connect and request ---------------------------------------------
+
+    @fail_closed
+    async def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # Refuse a declared oversized body before reading it.
+        declared = flow.request.headers.get("content-length", "")
+        limit = self.gw().policy.max_body_bytes
+        if declared.isdigit() and int(declared) > limit:
+            decision_id, decision = self.gw().refuse(
+                None, "mediation.body_too_large",
+                f"request body of {declared} bytes exceeds the {limit}-byte limit")
+            _respond(flow, deny_reply(decision, decision_id, mcp=False, rpc_id=None))
+
+    @fail_closed
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        decision_id, decision = self.gw().connect(flow.request.host, flow.request.port)
+        flow.metadata[META] = {"connect": decision_id}
+        if not decision.verdict.proceeds:
+            _respond(flow, deny_reply(decision, decision_id, mcp=False, rpc_id=None))
+
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return  # already answered (e.g. a refused CONNECT)
+        req = flow.request
+        if ctx.options.fiveplane_test_faults and "x-fiveplane-test-fault" in req.headers:
+            raise RuntimeError("injected test fault")
+        view = RequestView(
+            method=req.method, scheme=req.scheme, host=req.host, port=req.port,
+            path=req.path,
+            headers=tuple((k.lower(), v) for k, v in req.headers.items(multi=True)),
+            body=req.raw_content or b"",
+        )
+        addresses = await self._addresses(req.host, req.port)
+        result = self.gw().request(view, addresses)
+        self._remember(flow, result)
+        if result.reply is not None:
+            _respond(flow, result.reply)
+        elif result.action is not None and result.action.kind is Kind.MCP:
+            # Governed MCP responses are parsed event by event: ask for them uncompressed.
+            req.headers["accept-encoding"] = "identity"
+
+    def _remember(self, flow: http.HTTPFlow, result: RequestResult) -> None:
+        meta = flow.metadata.setdefault(META, {})
+        meta.update(decision_id=result.decision_id, verdict=result.decision.verdict.value,
+                    rule_ids=list(result.decision.rule_ids))
+        if result.forwarded and result.action is not None and result.action.kind is Kind.MCP:
+            self._actions[flow.id] = result.action
+
+    # --- stop points 4-6: responses -------------------------------------------------------
+
+    @fail_closed
+    async def responseheaders(self, flow: http.HTTPFlow) -> None:
+        assert flow.response is not None
+        ctype = flow.response.headers.get("content-type", "").lower()
+        action = self._actions.get(flow.id)
+        if "text/event-stream" not in ctype:
+            return
+        if action is None:
+            flow.response.stream = True  # never buffer a stream we do not govern
+            return
+        governor = self.gw().governor(action)
+        self._governors[flow.id] = governor
+        flow.response.stream = self._stream_filter(flow, governor)
+
+    def _stream_filter(self, flow: http.HTTPFlow,
+                       governor: ResponseGovernor) -> Callable[[bytes], list[bytes]]:
+        encoded = flow.response is not None and flow.response.headers.get(
+            "content-encoding", "identity").lower() not in ("", "identity")
+
+        def filter_chunk(chunk: bytes) -> list[bytes]:
+            # Runs synchronously inside mitmproxy's stream loop; never return b"".
+            try:
+                if encoded:
+                    if governor.cut is None:
+                        governor.cut = self.gw().refuse(
+                            None, "mediation.encoded_stream",
+                            "the server compressed an MCP event stream; it cannot be governed")
+                        self._cut_soon(flow)
+                        decision_id, decision = governor.cut
+                        return [sse_error_event(governor.request.rpc_id, decision, decision_id)]
+                    return []
+                was_cut = governor.cut is not None
+                out = governor.sse(chunk)
+                if governor.cut is not None and not was_cut:
+                    self._cut_soon(flow)
+                return [b for b in out if b]
+            except Exception as e:
+                if governor.cut is not None:
+                    return []
+                governor.cut = self.gw().refuse(None, "addon.error",
+                                               f"error while governing a stream: {e!r}")
+                self._cut_soon(flow)
+                decision_id, decision = governor.cut
+                return [sse_error_event(governor.request.rpc_id, decision, decision_id)]
+
+        return filter_chunk
+
+    def _cut_soon(self, flow: http.HTTPFlow) -> None:
+        asyncio.get_running_loop().call_soon(_cut_upstream, flow)
+
+    @fail_closed
+    async def response(self, flow: http.HTTPFlow) -> None:
+        action = self._actions.pop(flow.id, None)
+        governor = self._governors.pop(flow.id, None)
+        resp = flow.response
+        if governor is not None and governor.cut is not None:
+            flow.metadata.setdefault(META, {})["cut"] = governor.cut[0]
+        if action is None or governor is not None or resp is None:
+            return
+        if resp.status_code >= 300 or not resp.raw_content:
+            return
+        ctype = resp.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        governor = self.gw().governor(action)
+        if ctype != "application/json":
+            decision_id, decision = self.gw().refuse(
+                action, "mediation.unparseable_response",
+                f"MCP response with content type {ctype or 'none'!r} cannot be governed")
+            _respond(flow, deny_reply(decision, decision_id, mcp=True, rpc_id=action.rpc_id))
+            return
+        new = governor.json_body(resp.get_content(strict=True) or b"")
+        if new != resp.content:
+            resp.content = new
+        if governor.removed_tools:
+            flow.metadata.setdefault(META, {})["removed_tools"] = governor.removed_tools
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        self._actions.pop(flow.id, None)
+        self._governors.pop(flow.id, None)
+
+    # --- everything the proxy does not govern is refused ------------------------------
+
+    def tcp_start(self, flow: Any) -> None:
+        self._refuse_flow(flow, "raw TCP streams (non-HTTP traffic in a tunnel)")
+
+    def udp_start(self, flow: Any) -> None:
+        self._refuse_flow(flow, "UDP streams")
+
+    def websocket_start(self, flow: Any) -> None:
+        self._refuse_flow(flow, "WebSocket messages")
+
+    def _refuse_flow(self, flow: Any, what: str) -> None:
+        try:
+            self.gw().refuse(None, "mediation.unsupported_protocol",
+                            f"{what} cannot be adjudicated, so they are refused")
+        finally:
+            flow.kill()
+
+    def deny_on_error(self, flow: http.HTTPFlow, hook: str, error: Exception) -> None:
+        log.error("fiveplane %s hook failed, denying: %r", hook, error)
+        try:
+            decision_id, decision = self.gw().refuse(
+                self._actions.get(flow.id), "addon.error",
+                f"internal error in the {hook} hook, denied (fail closed): {error!r}")
+            reply = deny_reply(decision, decision_id, mcp=False, rpc_id=None)
+            if hook in ("request", "http_connect", "response", "requestheaders"):
+                _respond(flow, reply)
+            else:
+                flow.kill()
+        except Exception:
+            flow.kill()
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime_ns / 1e9
+    except OSError:
+        return -1.0
+
+
+def _cut_upstream(flow: http.HTTPFlow) -> None:
+    """Close the upstream of a stream at once (mitmproxy has no public API for it:
+    issue #4711). Relies on Proxyserver internals, pinned by a test."""
+    try:
+        handler = ctx.master.addons.get("proxyserver").connections.get(flow.client_conn.id)
+        io = handler and handler.transports.get(flow.server_conn)
+        if io and io.handler:
+            io.handler.cancel("fiveplane: stream cut")
+    except Exception as e:
+        log.warning("could not close upstream of cut stream: %r", e)
+        flow.kill()
+
+
+addons = [FiveplaneGate()]

@@ -1,0 +1,179 @@
+"""The ``fiveplane`` command: run | check | ca.
+
+Exit codes: 0 ok, 1 error, 3 invalid policy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from importlib import resources
+from pathlib import Path
+
+from . import __version__
+from .errors import PolicyError
+from .policy import compile_file
+
+EXIT_OK, EXIT_ERROR, EXIT_INVALID = 0, 1, 3
+CA_FILE = "mitmproxy-ca-cert.pem"
+
+
+def default_policy() -> str:
+    local = Path("policies/default.yaml")
+    if local.is_file():
+        return str(local)
+    return str(resources.files("proxy").joinpath("data/default.yaml"))
+
+
+def _listen(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fiveplane", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fiveplane {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start the proxy")
+    run.add_argument("--policy", default=None, help="policy YAML (default: policies/default.yaml)")
+    run.add_argument("--listen", type=_listen, default=("127.0.0.1", 8080),
+                     help="HOST:PORT to listen on (default 127.0.0.1:8080; port 0 = any free)")
+    run.add_argument("--certs", default="certs", help="CA directory (created on first run)")
+    run.add_argument("--state-dir", default=".fiveplane", help="evidence and state directory")
+    run.add_argument("--upstream-ca", default=None,
+                     help="extra CA bundle trusted for upstream TLS (e.g. a private CA)")
+    run.add_argument("--instance", default="", help="instance name in evidence records")
+    run.add_argument("--reload-interval", type=float, default=1.0,
+                     help="seconds between policy file checks (0 = no hot reload)")
+    run.add_argument("--test-faults", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("-v", "--verbose", action="store_true")
+
+    check = sub.add_parser("check", help="compile policies and report every error")
+    check.add_argument("policies", nargs="+")
+    check.add_argument("--format", choices=["text", "json"], default="text")
+
+    ca = sub.add_parser("ca", help="print the path of the CA certificate agents must trust")
+    ca.add_argument("--certs", default="certs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        return cmd_check(args.policies, args.format)
+    if args.command == "ca":
+        return cmd_ca(Path(args.certs))
+    return cmd_run(args)
+
+
+def cmd_check(paths: list[str], fmt: str) -> int:
+    results = []
+    status = EXIT_OK
+    for path in paths:
+        try:
+            policy = compile_file(path)
+        except PolicyError as e:
+            status = EXIT_INVALID
+            results.append({"file": path, "ok": False, "issues": [i.to_dict() for i in e.issues]})
+            if fmt == "text":
+                for issue in e.issues:
+                    print(issue)
+            continue
+        results.append({"file": path, "ok": True, "name": policy.name,
+                        "rules": len(policy.rules), "version": policy.version})
+        if fmt == "text":
+            print(f"{path}: ok — policy `{policy.name}`, {len(policy.rules)} rules, "
+                  f"version {policy.short_version}")
+    if fmt == "json":
+        print(json.dumps(results, indent=2))
+    return status
+
+
+def ensure_ca(certs: Path) -> Path:
+    from mitmproxy import certs as mcerts
+
+    certs.mkdir(parents=True, exist_ok=True)
+    mcerts.CertStore.from_store(str(certs), "mitmproxy", 2048)
+    return certs.resolve() / CA_FILE
+
+
+def cmd_ca(certs: Path) -> int:
+    print(ensure_ca(certs))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .errors import GovernanceError
+
+    policy = args.policy or default_policy()
+    try:
+        compiled = compile_file(policy)
+    except PolicyError as e:
+        print(e, file=sys.stderr)
+        return EXIT_INVALID
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(_serve(args, policy, compiled.version))
+    except (GovernanceError, OSError) as e:
+        print(f"fiveplane: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+async def _serve(args: argparse.Namespace, policy: str, version: str) -> int:
+    from mitmproxy import exceptions
+    from mitmproxy.options import Options
+    from mitmproxy.tools.dump import DumpMaster
+
+    from addons.fiveplane_gate import FiveplaneGate
+
+    host, port = args.listen
+    certs = Path(args.certs)
+    certs.mkdir(parents=True, exist_ok=True)
+    opts = Options(listen_host=host, listen_port=port, mode=["regular"], confdir=str(certs))
+    master = DumpMaster(opts, with_termlog=False, with_dumper=False)
+    master.addons.add(FiveplaneGate())
+    settings: dict[str, object] = {
+        "connection_strategy": "lazy",   # no upstream byte before the first request is allowed
+        "http3": False,
+        "fiveplane_state_dir": args.state_dir,
+        "fiveplane_instance": args.instance,
+        "fiveplane_reload_interval": args.reload_interval,
+        "fiveplane_test_faults": args.test_faults,
+        "fiveplane_policy": policy,
+    }
+    if args.upstream_ca:
+        settings["ssl_verify_upstream_trusted_ca"] = args.upstream_ca
+    try:
+        master.options.update(**settings)
+    except exceptions.OptionsError as e:
+        print(f"fiveplane: {e}", file=sys.stderr)
+        return EXIT_INVALID
+    task = asyncio.create_task(master.run())
+    proxyserver = master.addons.get("proxyserver")
+    for _ in range(200):
+        if proxyserver.listen_addrs() or task.done():
+            break
+        await asyncio.sleep(0.05)
+    if task.done():
+        await task
+        return EXIT_ERROR
+    bound_host, bound_port = proxyserver.listen_addrs()[0][:2]
+    url = f"http://{bound_host}:{bound_port}"
+    ca = certs.resolve() / CA_FILE
+    print(f"fiveplane {__version__}: listening on {url}\n"
+          f"  policy    {policy} (version {version.split(':', 1)[1][:12]})\n"
+          f"  evidence  {Path(args.state_dir).resolve() / 'evidence.jsonl'}\n"
+          f"  trust     {ca}\n"
+          f"  agents    export HTTP_PROXY={url} HTTPS_PROXY={url} SSL_CERT_FILE={ca}",
+          flush=True)
+    await task
+    return EXIT_OK

@@ -1,0 +1,168 @@
+"""Governing what an MCP server sends back: one JSON body or an SSE stream.
+
+Server → client requests (sampling, elicitation, roots, also inside a 2026-era
+``input_required`` result) are adjudicated like calls; ``tools/list`` results are
+filtered to what the principal may call; anything that cannot be parsed on a
+governed route cuts the response with a JSON-RPC error for the request id.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from typing import Any, Protocol
+
+from .action import NAMED_METHODS, Action, Kind, StopPoint
+from .codec import BodyError, SseParser, loads_strict, sse_encode
+from .decision import Decision
+from .replies import jsonrpc_error, sse_error_event
+
+
+class Judge(Protocol):
+    """What the governor needs from the gateway."""
+
+    def adjudicate(self, action: Action) -> tuple[str, Decision]: ...
+
+    def refuse(self, action: Action, rule_id: str, reason: str) -> tuple[str, Decision]: ...
+
+    def may_call_tool(self, action: Action) -> bool: ...
+
+
+class ResponseGovernor:
+    def __init__(self, request: Action, judge: Judge) -> None:
+        self.request = request
+        self._judge = judge
+        self._parser: SseParser | None = None
+        self.cut: tuple[str, Decision] | None = None
+        self.removed_tools: list[str] = []
+
+    # --- one JSON document ---------------------------------------------------------
+
+    def json_body(self, body: bytes) -> bytes:
+        try:
+            msg = loads_strict(body)
+        except BodyError as e:
+            return self._cut_json(f"unparseable MCP response: {e}")
+        new = self._govern(msg)
+        if self.cut is not None:
+            decision_id, decision = self.cut
+            return json.dumps(jsonrpc_error(self.request.rpc_id, decision, decision_id)).encode()
+        return body if new is msg else json.dumps(new).encode()
+
+    def _cut_json(self, reason: str) -> bytes:
+        self._refuse("mediation.unparseable_response", reason)
+        assert self.cut is not None
+        decision_id, decision = self.cut
+        return json.dumps(jsonrpc_error(self.request.rpc_id, decision, decision_id)).encode()
+
+    # --- an SSE stream: called by the proxy per chunk, b"" at the end ----------------
+
+    def sse(self, chunk: bytes) -> list[bytes]:
+        if self.cut is not None:
+            return []
+        if self._parser is None:
+            self._parser = SseParser()
+        if chunk == b"":
+            self._parser.flush()  # an incomplete final event is dropped, as clients do
+            return []
+        try:
+            events = self._parser.feed(chunk)
+        except BodyError as e:
+            return [self._cut_event(f"unparseable event stream: {e}")]
+        out: list[bytes] = []
+        for event in events:
+            if not event.data:
+                out.append(event.raw)  # comments and keep-alives carry nothing to judge
+                continue
+            try:
+                msg = loads_strict(event.data)
+            except BodyError as e:
+                out.append(self._cut_event(f"unparseable MCP event: {e}"))
+                return out
+            new = self._govern(msg)
+            if self.cut is not None:
+                decision_id, decision = self.cut
+                out.append(sse_error_event(self.request.rpc_id, decision, decision_id))
+                return out
+            if new is msg:
+                out.append(event.raw)
+            else:
+                out.append(_reencode(event.id, json.dumps(new)))
+        return out
+
+    def _cut_event(self, reason: str) -> bytes:
+        self._refuse("mediation.unparseable_response", reason)
+        assert self.cut is not None
+        decision_id, decision = self.cut
+        return sse_error_event(self.request.rpc_id, decision, decision_id)
+
+    # --- one message ------------------------------------------------------------------
+
+    def _refuse(self, rule_id: str, reason: str) -> None:
+        action = replace(self.request, kind=Kind.RESPONSE, stop=StopPoint.RESPONSE_BODY)
+        self.cut = self._judge.refuse(action, rule_id, reason)
+
+    def _govern(self, msg: Any) -> Any:
+        if isinstance(msg, list):
+            self._refuse("mediation.jsonrpc_batch", "the server sent a JSON-RPC batch")
+            return msg
+        if not isinstance(msg, dict):
+            self._refuse("mediation.jsonrpc_invalid", "the server sent a non-object message")
+            return msg
+        method = msg.get("method")
+        if method is not None:
+            self._server_message(method, msg.get("params"), msg.get("id"))
+            return msg
+        result = msg.get("result")
+        if not isinstance(result, dict) or msg.get("id") != self.request.rpc_id:
+            return msg
+        if result.get("resultType") == "input_required":
+            requests = result.get("inputRequests")
+            if not isinstance(requests, dict):
+                self._refuse("mediation.jsonrpc_invalid", "input_required without inputRequests")
+                return msg
+            for item in requests.values():
+                if not isinstance(item, dict):
+                    self._refuse("mediation.jsonrpc_invalid", "malformed input request")
+                    return msg
+                self._server_message(item.get("method"), item.get("params"), None)
+                if self.cut is not None:
+                    return msg
+        if self.request.mcp_method == "tools/list" and isinstance(result.get("tools"), list):
+            return self._filter_tools(msg, result)
+        return msg
+
+    def _server_message(self, method: Any, params: Any, rpc_id: Any) -> None:
+        if not isinstance(method, str):
+            self._refuse("mediation.jsonrpc_invalid", "server message with a non-string method")
+            return
+        name = ""
+        if isinstance(params, dict):
+            key = NAMED_METHODS.get(method)
+            value = params.get(key) if key else None
+            name = value if isinstance(value, str) else ""
+        action = replace(
+            self.request, kind=Kind.MCP_SERVER, stop=StopPoint.SERVER_TO_CLIENT,
+            mcp_method=method, name=name, arguments={}, rpc_id=rpc_id,
+        )
+        decision_id, decision = self._judge.adjudicate(action)
+        if not decision.verdict.proceeds:
+            self.cut = (decision_id, decision)
+
+    def _filter_tools(self, msg: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        kept = []
+        for tool in result["tools"]:
+            name = tool.get("name") if isinstance(tool, dict) else None
+            probe = replace(self.request, mcp_method="tools/call", name=name or "",
+                            arguments={})
+            if isinstance(name, str) and self._judge.may_call_tool(probe):
+                kept.append(tool)
+            else:
+                self.removed_tools.append(str(name))
+        if not self.removed_tools:
+            return msg
+        return {**msg, "result": {**result, "tools": kept}}
+
+
+def _reencode(event_id: str | None, data: str) -> bytes:
+    return sse_encode(data, event="message", id=event_id)

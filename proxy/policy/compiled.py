@@ -1,0 +1,41 @@
+"""The immutable result of compiling a policy: what the adjudicator runs on."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..decision import Decision
+from ..planes.endpoint import EndpointPlane
+from ..planes.network import NetworkPlane
+from .rules import Rule
+
+
+@dataclass(frozen=True, slots=True)
+class ServerRef:
+    name: str
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledPolicy:
+    name: str
+    version: str                 # "sha256:<hex>" of the source text
+    source: str                  # the YAML text, kept for the evidence policy store
+    file: str
+    default_decision: Decision
+    max_body_bytes: int
+    network: NetworkPlane
+    endpoint: EndpointPlane
+    rules: tuple[Rule, ...]
+    servers: Mapping[tuple[str, str, int, str], ServerRef]   # (scheme, host, port, path) → server
+
+    @property
+    def short_version(self) -> str:
+        return self.version.split(":", 1)[1][:12]
+
+    def server_at(self, scheme: str, host: str, port: int, path: str) -> ServerRef | None:
+        return self.servers.get((scheme, host, port, path.rstrip("/") or "/"))
