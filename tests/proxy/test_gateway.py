@@ -52,7 +52,8 @@ def test_every_decision_is_recorded(tmp_path: Path) -> None:
     assert [r["decision_id"] for r in sink.records] == [allowed.decision_id, denied.decision_id]
     assert sink.records[1]["decision"]["rule_ids"] == ["defaults.effect"]
     assert sink.records[0]["action"]["argument_names"] == ["id"]
-    assert "customer-secret-value-42" not in json.dumps(sink.records)  # arguments are digested, never written raw
+    # arguments are digested, never written raw
+    assert "customer-secret-value-42" not in json.dumps(sink.records)
 
 
 def test_denied_mcp_call_gets_a_jsonrpc_error_naming_the_rule(tmp_path: Path) -> None:
