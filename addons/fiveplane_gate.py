@@ -25,7 +25,7 @@ from proxy.errors import AuditError, PolicyError
 from proxy.evidence import JsonlSink
 from proxy.gateway import Gateway, RequestResult
 from proxy.mcp_response import ResponseGovernor
-from proxy.netaddr import HostError, parse_ip
+from proxy.netaddr import HostError, normalize_host, parse_ip
 from proxy.policy import compile_file
 from proxy.replies import Reply, deny_reply, sse_error_event
 from proxy.translate import RequestView
@@ -179,14 +179,20 @@ class FiveplaneGate:
 
     @fail_closed
     async def requestheaders(self, flow: http.HTTPFlow) -> None:
-        # Refuse a declared oversized body before reading it.
+        # A declared oversized body is refused before it is read. mitmproxy only sends a
+        # response once the whole request body has arrived (it would buffer all of it), so
+        # the connection is closed at once; the reason is in the evidence log and proxy log.
         declared = flow.request.headers.get("content-length", "")
         limit = self.gw().policy.max_body_bytes
         if declared.isdigit() and int(declared) > limit:
-            decision_id, decision = self.gw().refuse(
+            decision_id, _ = self.gw().refuse(
                 None, "mediation.body_too_large",
                 f"request body of {declared} bytes exceeds the {limit}-byte limit")
-            _respond(flow, deny_reply(decision, decision_id, mcp=False, rpc_id=None))
+            log.warning("refused %s %s: declared body of %s bytes exceeds %s (decision %s)",
+                        flow.request.method, flow.request.pretty_url, declared, limit,
+                        decision_id)
+            flow.metadata.setdefault(META, {})["decision_id"] = decision_id
+            flow.kill()
 
     @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
@@ -208,12 +214,24 @@ class FiveplaneGate:
             headers=tuple((k.lower(), v) for k, v in req.headers.items(multi=True)),
             body=req.raw_content or b"",
         )
-        addresses = await self._addresses(req.host, req.port)
+        try:
+            # Resolve the host as it is judged ("LOCALHOST." -> "localhost"): another
+            # spelling may not resolve at all, and a decision without addresses cannot see
+            # an internal destination.
+            judged_host = normalize_host(req.host)
+        except HostError:
+            judged_host = req.host  # refused by the translation below
+        addresses = await self._addresses(judged_host, req.port)
         result = self.gw().request(view, addresses)
         self._remember(flow, result)
         if result.reply is not None:
             _respond(flow, result.reply)
-        elif result.action is not None and result.action.kind is Kind.MCP:
+            return
+        if result.action is not None and result.action.host != req.host:
+            # Connect to the host that was judged, not to another spelling of it (the Host
+            # header is left as the client sent it).
+            req.data.host = result.action.host
+        if result.action is not None and result.action.kind is Kind.MCP:
             # Governed MCP responses are parsed event by event: ask for them uncompressed.
             req.headers["accept-encoding"] = "identity"
 

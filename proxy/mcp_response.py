@@ -1,9 +1,12 @@
 """Governing what an MCP server sends back: one JSON body or an SSE stream.
 
 Server → client requests (sampling, elicitation, roots, also inside a 2026-era
-``input_required`` result) are adjudicated like calls; ``tools/list`` results are
-filtered to what the principal may call; anything that cannot be parsed on a
-governed route cuts the response with a JSON-RPC error for the request id.
+``input_required`` result) are adjudicated like calls; a denied one cuts the response.
+Server notifications in an event stream are adjudicated too, and a denied one is
+withheld from the client (the rest of the stream, e.g. the result of the client's own
+call, still goes through). ``tools/list`` results are filtered to what the principal
+may call; anything that cannot be parsed on a governed route cuts the response with a
+JSON-RPC error for the request id.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from .action import NAMED_METHODS, Action, Kind, StopPoint
 from .codec import BodyError, SseParser, loads_strict, sse_encode
 from .decision import Decision
 from .replies import jsonrpc_error, sse_error_event
+
+_DROP: Any = object()  # a denied server notification: withhold this one event
 
 
 class Judge(Protocol):
@@ -79,7 +84,9 @@ class ResponseGovernor:
             except BodyError as e:
                 out.append(self._cut_event(f"unparseable MCP event: {e}"))
                 return out
-            new = self._govern(msg)
+            new = self._govern(msg, may_drop=True)
+            if new is _DROP:
+                continue
             if self.cut is not None:
                 decision_id, decision = self.cut
                 out.append(sse_error_event(self.request.rpc_id, decision, decision_id))
@@ -102,7 +109,7 @@ class ResponseGovernor:
         action = replace(self.request, kind=Kind.RESPONSE, stop=StopPoint.RESPONSE_BODY)
         self.cut = self._judge.refuse(action, rule_id, reason)
 
-    def _govern(self, msg: Any) -> Any:
+    def _govern(self, msg: Any, *, may_drop: bool = False) -> Any:
         if isinstance(msg, list):
             self._refuse("mediation.jsonrpc_batch", "the server sent a JSON-RPC batch")
             return msg
@@ -111,7 +118,13 @@ class ResponseGovernor:
             return msg
         method = msg.get("method")
         if method is not None:
-            self._server_message(method, msg.get("params"), msg.get("id"))
+            refused = self._server_message(method, msg.get("params"), msg.get("id"))
+            if refused is not None:
+                if may_drop and "id" not in msg and self.cut is None:
+                    # A notification asks nothing of the client: withholding it is enough,
+                    # and the response to the client's own request still goes through.
+                    return _DROP
+                self.cut = refused
             return msg
         result = msg.get("result")
         if not isinstance(result, dict) or msg.get("id") != self.request.rpc_id:
@@ -125,17 +138,20 @@ class ResponseGovernor:
                 if not isinstance(item, dict):
                     self._refuse("mediation.jsonrpc_invalid", "malformed input request")
                     return msg
-                self._server_message(item.get("method"), item.get("params"), None)
-                if self.cut is not None:
+                refused = self._server_message(item.get("method"), item.get("params"), None)
+                if refused is not None:
+                    self.cut = refused
                     return msg
         if self.request.mcp_method == "tools/list" and isinstance(result.get("tools"), list):
             return self._filter_tools(msg, result)
         return msg
 
-    def _server_message(self, method: Any, params: Any, rpc_id: Any) -> None:
+    def _server_message(self, method: Any, params: Any,
+                        rpc_id: Any) -> tuple[str, Decision] | None:
+        """Adjudicate a server → client message: the refusal, or None if it may pass."""
         if not isinstance(method, str):
             self._refuse("mediation.jsonrpc_invalid", "server message with a non-string method")
-            return
+            return self.cut
         name = ""
         if isinstance(params, dict):
             key = NAMED_METHODS.get(method)
@@ -146,8 +162,9 @@ class ResponseGovernor:
             mcp_method=method, name=name, arguments={}, rpc_id=rpc_id,
         )
         decision_id, decision = self._judge.adjudicate(action)
-        if not decision.verdict.proceeds:
-            self.cut = (decision_id, decision)
+        if decision.verdict.proceeds:
+            return None
+        return decision_id, decision
 
     def _filter_tools(self, msg: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         kept = []

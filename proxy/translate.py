@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -29,6 +30,11 @@ _METHOD = re.compile(r"[\x21-\x7e]{1,128}")
 _MCP_HEADERS = ("mcp-protocol-version", "mcp-session-id", "mcp-method", "mcp-name")
 _SINGLE_HEADERS = frozenset({*_MCP_HEADERS, "content-type", "content-encoding", "content-length"})
 MAX_JSON_DEPTH = 64
+# Member names that parsers matching keys case-insensitively (Go's encoding/json, many
+# .NET setups) would read from `METHOD`, `Name`, "argument\u017f"...: such spellings are refused.
+_MESSAGE_KEYS = frozenset({"jsonrpc", "id", "method", "params", "result", "error"})
+_PARAMS_KEYS = frozenset({"name", "uri", "arguments", "_meta"})
+_FIRST_VALUE = json.JSONDecoder()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +126,48 @@ def _is_json(headers: Mapping[str, str]) -> bool:
 
 def _looks_like_jsonrpc(body: bytes, headers: Mapping[str, str]) -> bool:
     # Servers often parse JSON whatever the Content-Type says: sniff the body too.
-    head = body.lstrip()[:1]
-    return head in (b"{", b"[") and b"jsonrpc" in body
+    text = body.lstrip()
+    if text[:1] not in (b"{", b"["):
+        return False
+    if b"jsonrpc" in body.lower():  # JSONRPC too: some parsers match keys case-insensitively
+        return True
+    if b"\\" not in body:
+        return False  # without an escape no JSON key can spell "jsonrpc" differently
+    # `{"\u006asonrpc": ...}` is `jsonrpc` to every JSON parser: decode the first value
+    # (as streaming parsers do, ignoring what follows) and look at its keys.
+    try:
+        value, _ = _FIRST_VALUE.raw_decode(text.decode("utf-8", "replace"))
+    except RecursionError:
+        return True  # too deep to look at: the JSON-RPC path refuses it
+    except ValueError:
+        return False  # not JSON to a JSON parser either
+    items = value if isinstance(value, list) else [value]
+    return any(isinstance(i, dict) and any(k.casefold() == "jsonrpc" for k in i)
+               for i in items)
+
+
+def _case_ambiguity(msg: Mapping[str, Any]) -> str | None:
+    """Why a parser that matches keys case-insensitively could read ``msg`` differently
+    (two keys that differ only in case, or a variant of a JSON-RPC/MCP member name)."""
+    params = msg.get("params")
+    for obj, names in ((msg, _MESSAGE_KEYS), (params, _PARAMS_KEYS)):
+        if isinstance(obj, dict):
+            for key in obj:
+                if key not in names and key.casefold() in names:
+                    return f"key {key!r} is {key.casefold()!r} to case-insensitive parsers"
+    stack: list[Any] = [msg]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            seen: dict[str, str] = {}
+            for key, value in item.items():
+                other = seen.setdefault(key.casefold(), key)
+                if other != key:
+                    return f"keys {other!r} and {key!r} differ only in case"
+                stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
 
 
 def _decode_header_value(value: str) -> str:
@@ -146,6 +192,13 @@ def _jsonrpc(
                        "JSON-RPC batches are refused: send one MCP message per request")
     if not isinstance(msg, dict) or msg.get("jsonrpc") != "2.0":
         return Refusal("jsonrpc_invalid", "not a JSON-RPC 2.0 message object")
+    ambiguity = _case_ambiguity(msg)
+    if ambiguity is not None:
+        rpc_id = msg.get("id")
+        return Refusal("duplicate_key", f"MCP message refused: {ambiguity} (servers disagree "
+                       "on which value wins)",
+                       rpc_id if isinstance(rpc_id, str | int) and not isinstance(rpc_id, bool)
+                       else None)
     rpc_id = msg.get("id")
     if "id" in msg and (not isinstance(rpc_id, str | int) or isinstance(rpc_id, bool)):
         return Refusal("jsonrpc_invalid", "JSON-RPC id must be a string or an integer")

@@ -26,6 +26,12 @@ LIFECYCLE = frozenset({
     "notifications/cancelled",
     "notifications/progress",
     "notifications/roots/list_changed",
+    # server → client notifications: logs and change signals carry no request
+    "notifications/message",
+    "notifications/tools/list_changed",
+    "notifications/resources/list_changed",
+    "notifications/prompts/list_changed",
+    "notifications/resources/updated",
     "ping",
     "server/discover",
     "tools/list",

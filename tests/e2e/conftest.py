@@ -40,6 +40,7 @@ SERVERS_DIR = E2E_DIR / "servers"
 if str(E2E_DIR) not in sys.path:  # make `clients` / `servers.*` importable in any import mode
     sys.path.insert(0, str(E2E_DIR))
 
+from commands import fiveplane_argv, mcp_server_argv  # noqa: E402
 from servers.http_upstream import TestCA, Upstream  # noqa: E402
 
 MITMDUMP = str(Path(sys.executable).with_name("mitmdump"))
@@ -262,18 +263,9 @@ class McpServerFactory:
         self._n += 1
         calls_log = self._tmp / f"mcp-calls-{name}-{self._n}.jsonl"
         calls_log.touch()
-        argv = [
-            sys.executable,
-            str(SERVERS_DIR / "mcp_server.py"),
-            "--port",
-            "0",
-            "--calls-log",
-            str(calls_log),
-            "--name",
-            name,
-            *(["--json-response"] if json_response else []),
-            *extra_args,
-        ]
+        argv = mcp_server_argv(
+            0, calls_log=calls_log, name=name, json_response=json_response, extra=extra_args
+        )
         mp = self._launcher.launch(argv, MCP_SERVER_READY)
         return McpServerHandle(
             url=f"http://127.0.0.1:{mp.port}/mcp", port=mp.port, calls_log=calls_log, process=mp
@@ -402,23 +394,10 @@ class ProxyFactory:
         if state_dir is None:
             state_dir = self._tmp / "fiveplane-state"
         Path(state_dir).mkdir(parents=True, exist_ok=True)
-        argv = [
-            sys.executable,
-            "-m",
-            "proxy",
-            "run",
-            "--policy",
-            str(policy_path),
-            "--listen",
-            "127.0.0.1:0",
-            "--certs",
-            str(certs),
-            "--state-dir",
-            str(state_dir),
-        ]
-        if upstream_ca:
-            argv += ["--upstream-ca", str(upstream_ca)]
-        argv += list(extra)
+        argv = fiveplane_argv(
+            policy_path, "127.0.0.1:0", certs, state_dir, upstream_ca=upstream_ca or None,
+            extra=extra,
+        )
         return self.start(argv, FIVEPLANE_READY, ca_file=certs / MITM_CA_CERT, env=env)
 
 

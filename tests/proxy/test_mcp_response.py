@@ -111,3 +111,24 @@ def test_unparseable_responses_fail_closed(gateway, payload) -> None:
 def test_keepalive_comments_pass_through(gateway) -> None:
     g = governor(gateway, method="tools/call")
     assert g.sse(b": ping\n\n") == [b": ping\n\n"]
+
+
+def test_denied_notification_is_withheld_and_the_result_still_arrives() -> None:
+    strict = Gateway(policy("""
+        version: 1
+        name: t
+        mcp_servers: {crm: {url: "https://crm.example.com/mcp"}}
+        rules:
+          - {id: no-logs, match: {server: crm, mcp_method: notifications/message}, effect: deny}
+        """), MemorySink())
+    g = strict.governor(mcp_call("echo", method="tools/call"))
+    note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "x"}}
+    result = {"jsonrpc": "2.0", "id": 1, "result": {"content": []}}
+    assert stream(g, [sse_encode(json.dumps(note)), sse_encode(json.dumps(result))]) == [result]
+    assert g.cut is None
+
+
+def test_server_notifications_of_declared_servers_pass(gateway) -> None:
+    g = governor(gateway, method="tools/call")
+    note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "x"}}
+    assert stream(g, [sse_encode(json.dumps(note))]) == [note]

@@ -118,3 +118,26 @@ def test_plain_http_and_websocket() -> None:
     ws = translate_request(view(b"", host="api.example.com", method="GET",
                                 headers=(("upgrade", "websocket"),)), POLICY)
     assert isinstance(ws, Refusal) and ws.code == "unsupported_protocol"
+
+
+@pytest.mark.parametrize("body", [
+    b'{"\\u006asonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete_all"}}',
+    b'{"JSONRPC":"2.0","id":1,"method":"tools/call","params":{"name":"delete_all"}}',
+])
+def test_jsonrpc_spelled_differently_is_still_jsonrpc(body: bytes) -> None:
+    v = RequestView("POST", "https", "api.example.com", 443, "/rpc",
+                    (("content-type", "application/json"),), body)
+    result = translate_request(v, POLICY)
+    assert isinstance(result, Refusal) or result.kind is Kind.MCP
+
+
+@pytest.mark.parametrize("body", [
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+     "params": {"name": "echo", "Name": "delete_all"}},
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+     "params": {"name": "refund", "arguments": {"amount": 1, "Amount": 900}}},
+    {"jsonrpc": "2.0", "id": 1, "result": {}, "METHOD": "tools/call"},
+])
+def test_keys_differing_only_in_case_are_refused(body: dict) -> None:
+    result = translate_request(view(body), POLICY)
+    assert isinstance(result, Refusal) and result.code == "duplicate_key"
