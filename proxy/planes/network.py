@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from ..action import Action, Kind
 from ..decision import Plane, Verdict
@@ -21,6 +22,8 @@ from ..policy.matchers import host_index_keys
 from ..policy.rules import Rule, make_decision
 
 ANY = "\0any"
+CACHE_LIMIT = 65536
+_MISS: Any = object()
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -98,6 +101,7 @@ class NetworkPlane:
             "tunnel opened; every request inside it is adjudicated",
         )
         self._internal_rule = self._rule("network.internal", Verdict.DENY, "internal address")
+        self._cache: dict[tuple[str, int, str, tuple[str, ...], bool], Rule | None] = {}
 
     def _rule(self, rule_id: str, verdict: Verdict, reason: str) -> Rule:
         return Rule(
@@ -111,27 +115,35 @@ class NetworkPlane:
         return dataclasses.replace(rule, id=rule_id, reason=reason, decision=decision)
 
     def hits(self, action: Action, out: list[Rule], errors: list[str]) -> None:
-        host, port, scheme = action.host, action.port, action.scheme
+        # The verdict depends only on these fields and the policy is immutable: memoize it.
+        key = (action.host, action.port, action.scheme, action.addresses,
+               action.kind is Kind.CONNECT)
+        found = self._cache.get(key, _MISS)
+        if found is _MISS:
+            found = self._judge(*key)
+            if len(self._cache) >= CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = found
+        if found is not None:
+            out.append(found)
+
+    def _judge(self, host: str, port: int, scheme: str, addresses: tuple[str, ...],
+               connect: bool) -> Rule | None:
         blocked = self.address_verdict(host, port)
         if blocked is not None:
-            out.append(blocked)
-            return
-        for address in action.addresses:
+            return blocked
+        for address in addresses:
             blocked = self.address_verdict(address, port, via=host)
             if blocked is not None:
-                out.append(blocked)
-                return
+                return blocked
         denied = self._deny.find(host, port, scheme)
         if denied is not None:
             reason = f"destination {host}:{port} is denied by network.deny `{denied.id}`"
-            out.append(self._with_reason(self._not_listed, denied.id, reason))
-            return
+            return self._with_reason(self._not_listed, denied.id, reason)
         if self._allow is not None and self._allow.find(host, port, scheme) is None:
             reason = f"destination {scheme}://{host}:{port} is not in network.allow"
-            out.append(self._with_reason(self._not_listed, "network.default", reason))
-            return
-        if action.kind is Kind.CONNECT:
-            out.append(self._connect)
+            return self._with_reason(self._not_listed, "network.default", reason)
+        return self._connect if connect else None
 
     def address_verdict(self, address: str, port: int, via: str | None = None) -> Rule | None:
         """A deny rule when ``address`` (an IP literal in any spelling) is internal and

@@ -175,7 +175,9 @@ async def serve(args: argparse.Namespace) -> None:
         stateless_http=False,  # keep the session path: 2026 requests are routed by header anyway
         host=args.host,
     )
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose protocol is
+    # TCP, and without it Nagle + delayed ACK stall every response by ~40 ms.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
     port = sock.getsockname()[1]
