@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python -m tests.benchmarks $(ARGS)
+	$(BIN)/python tests/benchmarks/run.py $(ARGS)
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m tests.benchmarks --quick $(ARGS)
+	$(BIN)/python tests/benchmarks/run.py --quick $(ARGS)
