@@ -24,6 +24,7 @@ from proxy.action import Action, Kind
 from proxy.errors import AuditError, PolicyError
 from proxy.evidence import JsonlSink
 from proxy.gateway import Gateway, RequestResult
+from proxy.identity.config import token_from_headers
 from proxy.mcp_response import ResponseGovernor
 from proxy.netaddr import HostError, normalize_host, parse_ip
 from proxy.policy import compile_file
@@ -60,6 +61,7 @@ class FiveplaneGate:
         self._dns: dict[tuple[str, int], tuple[float, tuple[str, ...]]] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._resolve: Any = None
+        self._tunnel_tokens: dict[str, str] = {}
 
     # --- options and configuration ---------------------------------------------------
 
@@ -196,10 +198,21 @@ class FiveplaneGate:
 
     @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
-        decision_id, decision = self.gw().connect(flow.request.host, flow.request.port)
+        headers = _header_pairs(flow.request.headers)
+        decision_id, _, reply = self.gw().connect(
+            flow.request.host, flow.request.port, headers)
         flow.metadata[META] = {"connect": decision_id}
-        if not decision.verdict.proceeds:
-            _respond(flow, deny_reply(decision, decision_id, mcp=False, rpc_id=None))
+        if reply is not None:
+            _respond(flow, reply)
+            return
+        # Requests inside the tunnel carry no Proxy-Authorization: they act with the
+        # token the tunnel was opened with.
+        token = token_from_headers(headers, self.gw().policy.identity)
+        if isinstance(token, str):
+            self._tunnel_tokens[flow.client_conn.id] = token
+
+    def client_disconnected(self, client: Any) -> None:
+        self._tunnel_tokens.pop(client.id, None)
 
     @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
@@ -211,7 +224,7 @@ class FiveplaneGate:
         view = RequestView(
             method=req.method, scheme=req.scheme, host=req.host, port=req.port,
             path=req.path,
-            headers=tuple((k.lower(), v) for k, v in req.headers.items(multi=True)),
+            headers=_header_pairs(req.headers),
             body=req.raw_content or b"",
         )
         try:
@@ -222,11 +235,16 @@ class FiveplaneGate:
         except HostError:
             judged_host = req.host  # refused by the translation below
         addresses = await self._addresses(judged_host, req.port)
-        result = self.gw().request(view, addresses)
+        result = self.gw().request(
+            view, addresses, connection_token=self._tunnel_tokens.get(flow.client_conn.id))
         self._remember(flow, result)
         if result.reply is not None:
             _respond(flow, result.reply)
             return
+        for name in result.strip:  # agent tokens and credentials never reach the upstream
+            req.headers.pop(name, None)
+        if result.inject is not None:
+            req.headers[result.inject[0]] = result.inject[1]
         if result.action is not None and result.action.host != req.host:
             # Connect to the host that was judged, not to another spelling of it (the Host
             # header is left as the client sent it).
@@ -354,6 +372,10 @@ class FiveplaneGate:
                 flow.kill()
         except Exception:
             flow.kill()
+
+
+def _header_pairs(headers: http.Headers) -> tuple[tuple[str, str], ...]:
+    return tuple((k.lower(), v) for k, v in headers.items(multi=True))
 
 
 def _mtime(path: Path) -> float:

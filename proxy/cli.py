@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import PolicyError
+from .identity import cli as token_cli
 from .policy import compile_file
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID = 0, 1, 3
@@ -60,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ca = sub.add_parser("ca", help="print the path of the CA certificate agents must trust")
     ca.add_argument("--certs", default="certs")
+    token_cli.add_parser(sub)
     return parser
 
 
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_check(args.policies, args.format)
     if args.command == "ca":
         return cmd_ca(Path(args.certs))
+    if args.command == "token":
+        return token_cli.run(args)
     return cmd_run(args)
 
 
@@ -77,7 +81,7 @@ def cmd_check(paths: list[str], fmt: str) -> int:
     status = EXIT_OK
     for path in paths:
         try:
-            policy = compile_file(path)
+            policy = compile_file(path, resolve_secrets=False)
         except PolicyError as e:
             status = EXIT_INVALID
             results.append({"file": path, "ok": False, "issues": [i.to_dict() for i in e.issues]})

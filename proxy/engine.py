@@ -17,13 +17,19 @@ from .planes.endpoint import EndpointPlane
 from .policy.compiled import CompiledPolicy
 from .policy.rules import Rule, make_decision
 
+_GATES = (Plane.NETWORK, Plane.IDENTITY)
+
 
 class Adjudicator:
     def __init__(self, policy: CompiledPolicy, extra_planes: Sequence[RuleSet] = ()) -> None:
         self.policy = policy
         self.version = policy.version
-        self._planes: tuple[RuleSet, ...] = (policy.network, *extra_planes, policy.endpoint)
+        identity: tuple[RuleSet, ...] = (
+            (policy.identity_plane,) if policy.identity_plane is not None else ())
+        self._planes: tuple[RuleSet, ...] = (
+            policy.network, *identity, *extra_planes, policy.endpoint)
         self._endpoint: EndpointPlane = policy.endpoint
+        self._identity = policy.identity_plane
         self._default = policy.default_decision
 
     def decide(self, action: Action) -> Decision:
@@ -32,8 +38,8 @@ class Adjudicator:
             errors: list[str] = []
             for plane in self._planes:
                 plane.hits(action, hits, errors)
-                if hits and hits[-1].plane is Plane.NETWORK and hits[-1].refusing:
-                    break  # nothing can override a refused destination
+                if hits and hits[-1].refusing and hits[-1].plane in _GATES:
+                    break  # nothing can override a refused destination or identity
             if not errors:
                 if len(hits) == 1:
                     return hits[0].decision
@@ -76,6 +82,8 @@ class Adjudicator:
         ``tools/call`` of it without arguments)."""
         try:
             if action.kind is not Kind.MCP:
+                return False
+            if self._identity is not None and not self._identity.may_call(action):
                 return False
             said = self._endpoint.may_call(action)
             if said is None:

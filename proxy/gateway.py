@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -18,11 +19,12 @@ from .decision import Decision, Plane, Verdict
 from .engine import Adjudicator
 from .errors import AuditError, PolicyError
 from .evidence import EvidenceSink, make_record
+from .identity.config import credential_for, headers_to_strip, principal_for, token_from_headers
 from .mcp_response import ResponseGovernor
 from .policy import CompiledPolicy, compile_file
 from .policy.rules import make_decision
 from .principal import ANONYMOUS, Principal
-from .replies import Reply, deny_reply
+from .replies import Reply, challenge, deny_reply
 from .translate import Refusal, RequestView, translate_connect, translate_request
 
 log = logging.getLogger("fiveplane")
@@ -44,6 +46,8 @@ class RequestResult:
     decision_id: str
     decision: Decision
     reply: Reply | None          # None: forward the request
+    strip: frozenset[str] = frozenset()      # header names that must not reach upstream
+    inject: tuple[str, str] | None = None    # a brokered credential to add (allowed only)
 
     @property
     def forwarded(self) -> bool:
@@ -125,29 +129,58 @@ class Gateway:
 
     # --- stop points ----------------------------------------------------------------------
 
-    def connect(self, host: str, port: int,
-                principal: Principal = ANONYMOUS) -> tuple[str, Decision]:
-        action = translate_connect(host, port, principal)
-        if isinstance(action, Refusal):
-            return self.refuse(None, f"mediation.{action.code}", action.message)
-        return self.adjudicate(action)
+    def principal(self, headers: Iterable[tuple[str, str]],
+                  connection_token: str | None = None) -> Principal:
+        """Who is acting: the token of this request (token header or Proxy-Authorization),
+        else the one its tunnel was opened with; anonymous without either."""
+        config = self.policy.identity
+        if config is None:
+            return ANONYMOUS
+        token = token_from_headers(headers, config)
+        if token is None:
+            token = connection_token
+        return principal_for(token, config, time.time())
 
-    def request(self, view: RequestView, addresses: tuple[str, ...] = ()) -> RequestResult:
+    def connect(self, host: str, port: int, headers: Iterable[tuple[str, str]] = ()
+                ) -> tuple[str, Decision, Reply | None]:
+        """Stop point 1. Returns the decision and, when refused, the reply for the
+        CONNECT (407 with a challenge when only a token is missing)."""
+        action = translate_connect(host, port, self.principal(headers))
+        if isinstance(action, Refusal):
+            decision_id, decision = self.refuse(None, f"mediation.{action.code}",
+                                                action.message)
+        else:
+            decision_id, decision = self.adjudicate(action)
+        if decision.verdict.proceeds:
+            return decision_id, decision, None
+        reply = deny_reply(decision, decision_id, mcp=False, rpc_id=None)
+        if decision.rule_ids == ("identity.anonymous",):
+            reply = challenge(reply)
+        return decision_id, decision, reply
+
+    def request(self, view: RequestView, addresses: tuple[str, ...] = (),
+                connection_token: str | None = None) -> RequestResult:
         policy = self.policy
+        view = replace(view, principal=self.principal(view.headers, connection_token))
         action = translate_request(view, policy)
+        strip = headers_to_strip(None if isinstance(action, Refusal) else action,
+                                 policy.identity)
         if isinstance(action, Refusal):
             decision_id, decision = self.refuse(None, f"mediation.{action.code}", action.message)
             mcp = action.rpc_id is not None
             reply = deny_reply(decision, decision_id, mcp=mcp, rpc_id=action.rpc_id)
-            return RequestResult(None, decision_id, decision, reply)
+            return RequestResult(None, decision_id, decision, reply, strip)
         if addresses:
             action = replace(action, addresses=addresses)
         decision_id, decision = self.adjudicate(action)
         if decision.verdict.proceeds:
-            return RequestResult(action, decision_id, decision, None)
+            inject = credential_for(action, policy.identity)
+            return RequestResult(action, decision_id, decision, None, strip, inject)
         reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
                            rpc_id=action.rpc_id)
-        return RequestResult(action, decision_id, decision, reply)
+        if decision.rule_ids == ("identity.anonymous",) and action.kind is Kind.HTTP:
+            reply = challenge(reply)
+        return RequestResult(action, decision_id, decision, reply, strip)
 
     def governor(self, action: Action) -> ResponseGovernor:
         return ResponseGovernor(action, self)

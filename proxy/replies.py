@@ -58,3 +58,10 @@ def deny_reply(decision: Decision, decision_id: str, *, mcp: bool,
 def sse_error_event(rpc_id: str | int | None, decision: Decision, decision_id: str) -> bytes:
     return sse_encode(json.dumps(jsonrpc_error(rpc_id, decision, decision_id)),
                       event="message")
+
+
+def challenge(reply: Reply) -> Reply:
+    """A refusal for a missing token as a proxy-auth challenge, so clients that only send
+    credentials when asked (``http://agent:<token>@proxy``) retry with them."""
+    headers = {**reply.headers, "Proxy-Authenticate": 'Basic realm="fiveplane"'}
+    return Reply(407, headers, reply.body)

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..decision import Decision
+from ..identity.config import IdentityConfig
+from ..identity.plane import IdentityPlane
 from ..planes.endpoint import EndpointPlane
 from ..planes.network import NetworkPlane
 from .rules import Rule
@@ -32,6 +34,8 @@ class CompiledPolicy:
     endpoint: EndpointPlane
     rules: tuple[Rule, ...]
     servers: Mapping[tuple[str, str, int, str], ServerRef]   # (scheme, host, port, path) → server
+    identity: IdentityConfig | None = None
+    identity_plane: IdentityPlane | None = None
 
     @property
     def short_version(self) -> str:

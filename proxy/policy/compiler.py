@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import ipaddress
 import json
+import operator
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -23,23 +24,23 @@ from urllib.parse import urlsplit
 
 import jsonschema
 
-from ..action import Action
 from ..decision import Plane, Verdict
 from ..errors import PolicyError, PolicyIssue
+from ..identity.config import IdentityConfig, compile_identity
+from ..identity.plane import IdentityPlane, compile_principal_match
 from ..netaddr import METADATA_NETWORKS, HostError, normalize_host
 from ..paths import normalize_path
 from ..planes.endpoint import ANY, EndpointPlane
 from ..planes.network import Destination, DestinationIndex, InternalException, NetworkPlane
 from . import loader
 from .compiled import CompiledPolicy, ServerRef
-from .matchers import compile_predicate, glob_test, is_glob
+from .match import compile_match, unknown_servers
+from .matchers import is_glob
 from .rules import Rule, default_reason, make_decision
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 MAX_ISSUES = 50
 
-IMPLIED_METHOD = {"tool": "tools/call", "resource": "resources/read", "prompt": "prompts/get"}
-MCP_KEYS = frozenset({"server", "mcp_method", "tool", "resource", "prompt", "args"})
 
 
 @cache
@@ -205,12 +206,6 @@ def _servers(ctx: _Ctx, section: dict[str, Any]) -> dict[tuple[str, str, int, st
 # --- stage: rules -----------------------------------------------------------------
 
 
-def _field_test(attr: str, test: Any) -> Any:
-    def check(action: Action) -> bool:
-        return bool(test(getattr(action, attr)))
-    return check
-
-
 def _rule(ctx: _Ctx, i: int, spec: dict[str, Any], servers: set[str], seen: dict[str, int],
           mcp_out: list[Any], http_out: list[Any]) -> Rule | None:
     rid = spec["id"]
@@ -220,104 +215,68 @@ def _rule(ctx: _Ctx, i: int, spec: dict[str, Any], servers: set[str], seen: dict
         ctx.issue("policy_duplicate_id", f"rule id `{rid}` already used at line {seen[rid]}",
                   (*path, "id"))
     seen.setdefault(rid, line)
-    match: dict[str, Any] = spec["match"]
     mpath = (*path, "match")
-    verdict = Verdict(spec["effect"])
-    tests: list[Any] = []
-    errors_before = len(ctx.issues)
-
-    host_keys: tuple[str, ...] = (ANY,)
-    if "host" in match:
-        hosts = _hosts(ctx, _as_list(match["host"]), (*mpath, "host"))
-        if "*" not in hosts:
-            if any(is_glob(h.removeprefix("*.")) for h in hosts):
-                tests.append(_field_test("host", glob_test(hosts)))
-            else:
-                host_keys = hosts  # exact and "*.parent" keys are both index keys
-    if "scheme" in match:
-        schemes = frozenset(s.lower() for s in _as_list(match["scheme"]))
-        tests.append(_field_test("scheme", schemes.__contains__))
-    if "port" in match:
-        tests.append(_field_test("port", frozenset(_as_list(match["port"])).__contains__))
-    if "path" in match:
-        paths = [normalize_path(p) if not is_glob(p) else p for p in _as_list(match["path"])]
-        tests.append(_field_test("path", glob_test(paths, segment=True)))
-    http_methods = None
-    if "method" in match:
-        http_methods = tuple(m.upper() for m in _as_list(match["method"]))
-
-    is_mcp = bool(MCP_KEYS & match.keys())
-    if is_mcp:
-        if http_methods is not None:
-            ctx.issue("policy_conflict_error",
-                      "`method` is for HTTP rules; use `mcp_method` for MCP", (*mpath, "method"))
-        named = [k for k in IMPLIED_METHOD if k in match]
-        if len(named) > 1:
-            ctx.issue("policy_conflict_error",
-                      f"use only one of {', '.join(named)} in a rule", mpath)
-            return None
-        methods: list[str] = [str(m) for m in _as_list(match.get("mcp_method", []))]
-        names: list[str] = []
-        if named:
-            implied = IMPLIED_METHOD[named[0]]
-            if methods and methods != [implied]:
-                ctx.issue("policy_conflict_error",
-                          f"`{named[0]}` implies mcp_method `{implied}`", (*mpath, "mcp_method"))
-            methods = [implied]
-            names = [str(n) for n in _as_list(match[named[0]])]
-        server_patterns = [str(s) for s in _as_list(match.get("server", []))]
-        for s in server_patterns:
-            if not is_glob(s) and s not in servers and "://" not in s:
-                hint = difflib.get_close_matches(s, sorted(servers), n=1)
-                more = f" (did you mean `{hint[0]}`?)" if hint else ""
-                ctx.issue("policy_reference_error",
-                          f"unknown MCP server `{s}`{more}; declare it under mcp_servers",
-                          (*mpath, "server"))
-        if "args" in match and methods and set(methods) - set(IMPLIED_METHOD.values()):
-            ctx.issue("policy_conflict_error",
-                      "`args` only applies to tools/call, prompts/get and resources/read",
-                      (*mpath, "args"))
-        dims = []
-        for attr, patterns in (("server", server_patterns), ("mcp_method", methods),
-                               ("name", names)):
-            if not patterns or "*" in patterns or "**" in patterns:
-                dims.append((ANY,))
-            elif any(is_glob(p) for p in patterns):
-                dims.append((ANY,))
-                tests.append(_field_test(attr, glob_test(patterns)))
-            else:
-                dims.append(tuple(patterns))
-        arg_tests = []
-        for arg, pred in (match.get("args") or {}).items():
-            try:
-                arg_tests.append((arg, compile_predicate(arg, pred)))
-            except (ValueError, TypeError, re.error) as e:
-                ctx.issue("policy_predicate_error", f"argument `{arg}`: {e}",
-                          (*mpath, "args", arg))
-    else:
-        arg_tests = []
-        dims = []
-
-    if len(ctx.issues) > errors_before:
+    match = {k: v for k, v in spec["match"].items() if k != "principal"}
+    extra_tests: list[Any] = []
+    if "principal" in spec["match"]:
+        test, found = compile_principal_match(spec["match"]["principal"], (*mpath, "principal"))
+        for code, message, where in found:
+            ctx.issue(code, message, where)
+        if test is not None:
+            extra_tests.append(test)
+    compiled = None
+    if match:
+        compiled, found = compile_match(match, mpath)
+        for code, message, where in found:
+            ctx.issue(code, message, where)
+    for name in unknown_servers(match, servers):
+        hint = difflib.get_close_matches(name, sorted(servers), n=1)
+        more = f" (did you mean `{hint[0]}`?)" if hint else ""
+        ctx.issue("policy_reference_error",
+                  f"unknown MCP server `{name}`{more}; declare it under mcp_servers",
+                  (*mpath, "server"))
+    if compiled is None and match:
         return None
+    verdict = Verdict(spec["effect"])
     reason = spec.get("reason") or default_reason(rid, verdict)
+    tests = extra_tests
+    if compiled is not None:
+        # The index answers exact dimensions it files rules under: keep only the others.
+        indexed = ({"server", "mcp_method", "name"} if compiled.mcp else
+                   ({"host"} if compiled.host_keys != (ANY,) else set())
+                   | ({"method"} if compiled.http_methods else set()))
+        tests = [*(_exact_test(a, v) for a, v in compiled.exact if a not in indexed),
+                 *compiled.other, *extra_tests]
     rule = Rule(
         id=rid, verdict=verdict, plane=Plane.ENDPOINT, reason=reason,
         decision=make_decision(verdict, (rid,), reason, ctx.version, Plane.ENDPOINT),
-        tests=tuple(tests), arg_tests=tuple(arg_tests), file=ctx.file, line=line,
+        tests=tuple(tests), arg_tests=compiled.arg_tests if compiled else (),
+        file=ctx.file, line=line,
     )
-    if is_mcp:
-        mcp_out.append((rule, *dims))
+    if compiled is None:  # only `principal`: applies to every request and MCP message
+        mcp_out.append((rule, (ANY,), (ANY,), (ANY,)))
+        http_out.append((rule, (ANY,), (ANY,)))
+    elif compiled.mcp:
+        mcp_out.append((rule, compiled.servers, compiled.mcp_methods, compiled.names))
     else:
-        http_out.append((rule, host_keys, http_methods or (ANY,)))
+        http_out.append((rule, compiled.host_keys, compiled.http_methods or (ANY,)))
     return rule
+
+
+def _exact_test(attr: str, values: frozenset[Any]) -> Any:
+    getter = operator.attrgetter(attr)
+    return lambda action: getter(action) in values
 
 
 # --- entry points -----------------------------------------------------------------
 
 
-def compile_text(text: str, filename: str = "<policy>") -> CompiledPolicy:
-    """Compile one policy document; raises ``PolicyError`` listing every issue."""
+def compile_text(text: str, filename: str = "<policy>", *,
+                 resolve_secrets: bool = True) -> CompiledPolicy:
+    """Compile one policy document; raises ``PolicyError`` listing every issue.
+
+    ``resolve_secrets=False`` checks a policy without reading the credentials it names
+    (``fiveplane check`` on a machine that does not hold them)."""
     doc, issues = loader.parse_text(text, filename)
     if doc is None and not issues:
         issues = [PolicyIssue("policy_schema_error", "the policy is empty", filename, 1)]
@@ -342,6 +301,15 @@ def compile_text(text: str, filename: str = "<policy>") -> CompiledPolicy:
     with contextlib.suppress(tolerated):
         servers = _servers(ctx, doc.get("mcp_servers", {}))
     names = {ref.name for ref in servers.values()}
+    identity: IdentityConfig | None = None
+    try:
+        identity, found = compile_identity(
+            doc.get("identity"), Path(filename).parent, servers=names,
+            resolve_secrets=resolve_secrets, file=filename)
+        for code, message, where in found:
+            ctx.issue(code, message, where)
+    except tolerated:
+        pass
     seen: dict[str, int] = {}
     for i, spec in enumerate(doc.get("rules", []) if isinstance(doc.get("rules"), list) else []):
         try:
@@ -369,13 +337,15 @@ def compile_text(text: str, filename: str = "<policy>") -> CompiledPolicy:
         max_body_bytes=defaults.get("max_body_bytes", DEFAULT_MAX_BODY),
         network=network,
         endpoint=EndpointPlane(ctx.version, mcp_rules, http_rules, frozenset(names)),
+        identity=identity,
+        identity_plane=IdentityPlane(identity, ctx.version) if identity else None,
         rules=tuple(rules),
         servers=servers,
     )
 
 
-def compile_file(path: str | Path) -> CompiledPolicy:
+def compile_file(path: str | Path, *, resolve_secrets: bool = True) -> CompiledPolicy:
     text, issues = loader.read_file(path)
     if text is None:
         raise PolicyError(issues)
-    return compile_text(text, str(path))
+    return compile_text(text, str(path), resolve_secrets=resolve_secrets)
