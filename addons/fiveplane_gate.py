@@ -29,6 +29,7 @@ from proxy.mcp_response import ResponseGovernor
 from proxy.netaddr import HostError, normalize_host, parse_ip
 from proxy.policy import compile_file
 from proxy.replies import Reply, deny_reply, sse_error_event
+from proxy.state import StateError, open_store
 from proxy.translate import RequestView
 
 log = logging.getLogger("fiveplane")
@@ -70,6 +71,8 @@ class FiveplaneGate:
         loader.add_option("fiveplane_state_dir", str, ".fiveplane",
                           "Directory for evidence and local state.")
         loader.add_option("fiveplane_instance", str, "", "Instance name in evidence records.")
+        loader.add_option("fiveplane_state", str, "",
+                          "Session state store (default: sqlite in the state directory).")
         loader.add_option("fiveplane_reload_interval", float, 1.0,
                           "Seconds between policy file checks (0 disables hot reload).")
         loader.add_option("fiveplane_test_faults", bool, False,
@@ -100,9 +103,13 @@ class FiveplaneGate:
         except AuditError as e:
             raise exceptions.OptionsError(str(e)) from e
         instance = ctx.options.fiveplane_instance or f"{os.uname().nodename}:{os.getpid()}"
+        try:
+            store = open_store(ctx.options.fiveplane_state or state / "state.sqlite")
+        except StateError as e:
+            raise exceptions.OptionsError(str(e)) from e
         if self.gateway is not None:
             self.gateway.close()
-        self.gateway = Gateway(policy, sink, instance=instance, policy_path=path)
+        self.gateway = Gateway(policy, sink, instance=instance, policy_path=path, store=store)
 
     def running(self) -> None:
         loop = asyncio.get_running_loop()

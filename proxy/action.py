@@ -62,6 +62,11 @@ class Action:
     addresses: tuple[str, ...] = ()  # resolved IP addresses of ``host`` (empty: not resolved yet)
     principal: Principal = ANONYMOUS
     session: str = ""
+    # Session context, filled by the gateway before deciding so the adjudicator stays a
+    # pure function of the action (and a recorded action can be re-decided):
+    at: float = 0.0                          # decision time (unix seconds)
+    marks: Mapping[str, float] = EMPTY_ARGS  # label -> last time seen in this session
+    tainted: frozenset[str] = frozenset()    # argument names carrying untrusted values
     extra: Mapping[str, Any] = field(default=EMPTY_ARGS)
 
     @property
@@ -98,5 +103,11 @@ class Action:
             d["addresses"] = list(self.addresses)
         if self.arguments:
             d["arguments"] = dict(self.arguments)
+        if self.at:
+            d["at"] = self.at
+        if self.marks:
+            d["marks"] = dict(self.marks)
+        if self.tainted:
+            d["tainted"] = sorted(self.tainted)
         d["principal"] = self.principal.to_dict()
         return d

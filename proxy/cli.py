@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="HOST:PORT to listen on (default 127.0.0.1:8080; port 0 = any free)")
     run.add_argument("--certs", default="certs", help="CA directory (created on first run)")
     run.add_argument("--state-dir", default=".fiveplane", help="evidence and state directory")
+    run.add_argument("--state", default="",
+                     help="session state store: a SQLite path (default STATE_DIR/state.sqlite)"
+                          " or memory:")
     run.add_argument("--upstream-ca", default=None,
                      help="extra CA bundle trusted for upstream TLS (e.g. a private CA)")
     run.add_argument("--instance", default="", help="instance name in evidence records")
@@ -150,6 +153,7 @@ async def _serve(args: argparse.Namespace, policy: str, version: str) -> int:
         "http3": False,
         "fiveplane_state_dir": args.state_dir,
         "fiveplane_instance": args.instance,
+        "fiveplane_state": args.state,
         "fiveplane_reload_interval": args.reload_interval,
         "fiveplane_test_faults": args.test_faults,
         "fiveplane_policy": policy,

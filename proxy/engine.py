@@ -66,8 +66,11 @@ class Adjudicator:
         reason = first.reason
         if errors and not top.proceeds:
             reason = f"{reason} (fail closed: {'; '.join(errors)})"
+        # Session effects (labels) of every matched rule apply when the action proceeds.
+        directives = tuple(d for r in hits for d in r.decision.directives)
         return make_decision(
-            top, tuple(r.id for r in winners), reason, self.version, first.plane, tuple(errors)
+            top, tuple(r.id for r in winners), reason, self.version, first.plane, tuple(errors),
+            directives,
         )
 
     def failure(self, error: BaseException) -> Decision:

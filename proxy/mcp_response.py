@@ -32,6 +32,8 @@ class Judge(Protocol):
 
     def may_call_tool(self, action: Action) -> bool: ...
 
+    def observe(self, request: Action, result: Any) -> None: ...
+
 
 class ResponseGovernor:
     def __init__(self, request: Action, judge: Judge) -> None:
@@ -129,6 +131,7 @@ class ResponseGovernor:
         result = msg.get("result")
         if not isinstance(result, dict) or msg.get("id") != self.request.rpc_id:
             return msg
+        self._judge.observe(self.request, result)
         if result.get("resultType") == "input_required":
             requests = result.get("inputRequests")
             if not isinstance(requests, dict):

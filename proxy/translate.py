@@ -22,6 +22,7 @@ from .netaddr import HostError, normalize_host
 from .paths import normalize_path
 from .policy.compiled import CompiledPolicy
 from .principal import ANONYMOUS, Principal
+from .state.session import MCP_SESSION_HEADER, SESSION_HEADER, pick_session_id
 
 # MCP 2025-11-25: tool names SHOULD use only these characters; anything else (unicode
 # look-alikes, spaces, control characters) is refused rather than guessed at.
@@ -91,7 +92,8 @@ def translate_request(view: RequestView, policy: CompiledPolicy) -> Action | Ref
                        "WebSocket upgrades are not governed by this proxy, so they are refused")
     base = Action(Kind.HTTP, StopPoint.REQUEST_BODY, view.scheme, host, view.port,
                   method=method, path=path, principal=view.principal,
-                  session=headers.get("mcp-session-id", ""))
+                  session=pick_session_id(headers.get(SESSION_HEADER),
+                                          headers.get(MCP_SESSION_HEADER)) or "")
     limit = policy.max_body_bytes
     if len(view.body) > limit:
         return Refusal("body_too_large",

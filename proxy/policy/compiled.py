@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from ..action import Action
 from ..decision import Decision
 from ..identity.config import IdentityConfig
 from ..identity.plane import IdentityPlane
 from ..planes.endpoint import EndpointPlane
 from ..planes.network import NetworkPlane
+from .match import CompiledMatch
 from .rules import Rule
+from .sessions import Budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +39,17 @@ class CompiledPolicy:
     servers: Mapping[tuple[str, str, int, str], ServerRef]   # (scheme, host, port, path) → server
     identity: IdentityConfig | None = None
     identity_plane: IdentityPlane | None = None
+    budgets: tuple[Budget, ...] = ()
+    untrusted: tuple[CompiledMatch, ...] = ()      # tool outputs that are untrusted content
+    untrusted_servers: frozenset[str] = frozenset()
+    tainted_args: frozenset[str] = frozenset()     # arguments some rule checks for taint
+    provenance_ttl: float | None = None
+
+    def untrusted_output(self, action: Action) -> bool:
+        """Whether the result of ``action`` is untrusted content."""
+        if action.server in self.untrusted_servers:
+            return True
+        return any(m.admits(action) for m in self.untrusted)
 
     @property
     def short_version(self) -> str:

@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
 
-from ..decision import Plane, Verdict
+from ..decision import Directive, Plane, Verdict
 from ..errors import PolicyError, PolicyIssue
 from ..identity.config import IdentityConfig, compile_identity
 from ..identity.plane import IdentityPlane, compile_principal_match
@@ -37,6 +38,7 @@ from .compiled import CompiledPolicy, ServerRef
 from .match import compile_match, unknown_servers
 from .matchers import is_glob
 from .rules import Rule, default_reason, make_decision
+from .sessions import Budget, compile_budgets, compile_untrusted, compile_when
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 MAX_ISSUES = 50
@@ -235,10 +237,20 @@ def _rule(ctx: _Ctx, i: int, spec: dict[str, Any], servers: set[str], seen: dict
         ctx.issue("policy_reference_error",
                   f"unknown MCP server `{name}`{more}; declare it under mcp_servers",
                   (*mpath, "server"))
+    tainted: frozenset[str] = frozenset()
+    if "when" in spec:
+        when_tests, tainted, found = compile_when(spec["when"], (*path, "when"))
+        for code, message, where in found:
+            ctx.issue(code, message, where)
+        extra_tests.extend(when_tests)
     if compiled is None and match:
         return None
     verdict = Verdict(spec["effect"])
     reason = spec.get("reason") or default_reason(rid, verdict)
+    directives: tuple[Directive, ...] = ()
+    if spec.get("labels"):
+        directives = (Directive(Plane.REASONING, "mark",
+                                MappingProxyType({"labels": tuple(spec["labels"])})),)
     tests = extra_tests
     if compiled is not None:
         # The index answers exact dimensions it files rules under: keep only the others.
@@ -249,9 +261,10 @@ def _rule(ctx: _Ctx, i: int, spec: dict[str, Any], servers: set[str], seen: dict
                  *compiled.other, *extra_tests]
     rule = Rule(
         id=rid, verdict=verdict, plane=Plane.ENDPOINT, reason=reason,
-        decision=make_decision(verdict, (rid,), reason, ctx.version, Plane.ENDPOINT),
+        decision=make_decision(verdict, (rid,), reason, ctx.version, Plane.ENDPOINT,
+                               directives=directives),
         tests=tuple(tests), arg_tests=compiled.arg_tests if compiled else (),
-        file=ctx.file, line=line,
+        file=ctx.file, line=line, tainted_args=tainted,
     )
     if compiled is None:  # only `principal`: applies to every request and MCP message
         mcp_out.append((rule, (ANY,), (ANY,), (ANY,)))
@@ -318,6 +331,16 @@ def compile_text(text: str, filename: str = "<policy>", *,
             continue
         if rule is not None:
             rules.append(rule)
+    budgets: tuple[Budget, ...] = ()
+    untrusted: tuple[Any, ...] = ()
+    try:
+        budgets, found = compile_budgets(doc.get("budgets", []))
+        more_untrusted, found2 = compile_untrusted(doc.get("provenance", {}))
+        untrusted = more_untrusted
+        for code, message, where in (*found, *found2):
+            ctx.issue(code, message, where)
+    except tolerated:
+        pass
     if ctx.issues:
         raise PolicyError(sorted(ctx.issues, key=lambda i: i.line)[:MAX_ISSUES])
     assert network is not None
@@ -339,6 +362,13 @@ def compile_text(text: str, filename: str = "<policy>", *,
         endpoint=EndpointPlane(ctx.version, mcp_rules, http_rules, frozenset(names)),
         identity=identity,
         identity_plane=IdentityPlane(identity, ctx.version) if identity else None,
+        budgets=budgets,
+        untrusted=untrusted,
+        untrusted_servers=frozenset(
+            name for name, spec in doc.get("mcp_servers", {}).items()
+            if spec.get("trust") == "untrusted_output"),
+        tainted_args=frozenset().union(*(r.tainted_args for r in rules)),
+        provenance_ttl=doc.get("provenance", {}).get("ttl"),
         rules=tuple(rules),
         servers=servers,
     )

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..action import Action
-from ..decision import Decision, Plane, Verdict
+from ..decision import Decision, Directive, Plane, Verdict
 from .matchers import MISSING, ArgTest, PredicateError
 
 ActionTest = Callable[[Action], bool]
@@ -32,6 +32,7 @@ class Rule:
     arg_tests: tuple[tuple[str, ArgTest], ...]
     file: str
     line: int
+    tainted_args: frozenset[str] = frozenset()
 
     @property
     def refusing(self) -> bool:
@@ -55,11 +56,11 @@ class Rule:
 
 def make_decision(
     verdict: Verdict, rule_ids: tuple[str, ...], reason: str, version: str, plane: Plane,
-    errors: tuple[str, ...] = (),
+    errors: tuple[str, ...] = (), directives: tuple[Directive, ...] = (),
 ) -> Decision:
     return Decision(
         verdict=verdict, rule_ids=rule_ids, reason=reason, policy_version=version,
-        plane=plane, errors=errors,
+        plane=plane, errors=errors, directives=directives,
     )
 
 
