@@ -21,8 +21,8 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.proxy import server_hooks
 
 from proxy.action import Action, Kind
+from proxy.audit import AuditLog, PolicyStore
 from proxy.errors import AuditError, PolicyError
-from proxy.evidence import JsonlSink
 from proxy.gateway import Gateway, RequestResult
 from proxy.identity.config import token_from_headers
 from proxy.mcp_response import ResponseGovernor
@@ -98,18 +98,25 @@ class FiveplaneGate:
             self.gateway.swap(policy)
             return
         state = Path(ctx.options.fiveplane_state_dir)
+        # A stable instance name keeps one signing key across restarts (a new chain file
+        # each time); the default names each process.
+        instance = ctx.options.fiveplane_instance or f"{os.uname().nodename}-{os.getpid()}"
         try:
-            sink = JsonlSink(state / "evidence.jsonl")
+            audit = AuditLog(state / "audit", instance)
+            policies = PolicyStore(state / "audit" / "policies")
         except AuditError as e:
             raise exceptions.OptionsError(str(e)) from e
-        instance = ctx.options.fiveplane_instance or f"{os.uname().nodename}:{os.getpid()}"
         try:
             store = open_store(ctx.options.fiveplane_state or state / "state.sqlite")
         except StateError as e:
             raise exceptions.OptionsError(str(e)) from e
         if self.gateway is not None:
             self.gateway.close()
-        self.gateway = Gateway(policy, sink, instance=instance, policy_path=path, store=store)
+        try:
+            self.gateway = Gateway(policy, audit, instance=instance, policy_path=path,
+                                   store=store, policies=policies)
+        except AuditError as e:
+            raise exceptions.OptionsError(str(e)) from e
 
     def running(self) -> None:
         loop = asyncio.get_running_loop()
@@ -206,11 +213,11 @@ class FiveplaneGate:
     @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         headers = _header_pairs(flow.request.headers)
-        decision_id, _, reply = self.gw().connect(
-            flow.request.host, flow.request.port, headers)
-        flow.metadata[META] = {"connect": decision_id}
-        if reply is not None:
-            _respond(flow, reply)
+        result = await self.gw().settle(
+            self.gw().connect(flow.request.host, flow.request.port, headers))
+        flow.metadata[META] = {"connect": result.decision_id}
+        if result.reply is not None:
+            _respond(flow, result.reply)
             return
         # Requests inside the tunnel carry no Proxy-Authorization: they act with the
         # token the tunnel was opened with.
@@ -242,8 +249,8 @@ class FiveplaneGate:
         except HostError:
             judged_host = req.host  # refused by the translation below
         addresses = await self._addresses(judged_host, req.port)
-        result = self.gw().request(
-            view, addresses, connection_token=self._tunnel_tokens.get(flow.client_conn.id))
+        result = await self.gw().settle(self.gw().request(
+            view, addresses, connection_token=self._tunnel_tokens.get(flow.client_conn.id)))
         self._remember(flow, result)
         if result.reply is not None:
             _respond(flow, result.reply)

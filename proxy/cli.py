@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import __version__
+from .audit import cli as audit_cli
 from .errors import PolicyError
 from .identity import cli as token_cli
 from .policy import compile_file
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("ca", help="print the path of the CA certificate agents must trust")
     ca.add_argument("--certs", default="certs")
     token_cli.add_parser(sub)
+    audit_cli.add_parser(sub)
     return parser
 
 
@@ -76,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_ca(Path(args.certs))
     if args.command == "token":
         return token_cli.run(args)
+    if args.command == "audit":
+        return audit_cli.run(args)
     return cmd_run(args)
 
 
@@ -179,7 +183,8 @@ async def _serve(args: argparse.Namespace, policy: str, version: str) -> int:
     ca = certs.resolve() / CA_FILE
     print(f"fiveplane {__version__}: listening on {url}\n"
           f"  policy    {policy} (version {version.split(':', 1)[1][:12]})\n"
-          f"  evidence  {Path(args.state_dir).resolve() / 'evidence.jsonl'}\n"
+          f"  evidence  {Path(args.state_dir).resolve() / 'audit'}"
+          f"  (fiveplane audit verify {Path(args.state_dir) / 'audit'})\n"
           f"  trust     {ca}\n"
           f"  agents    export HTTP_PROXY={url} HTTPS_PROXY={url} SSL_CERT_FILE={ca}",
           flush=True)

@@ -17,10 +17,12 @@ from types import MappingProxyType
 from typing import Any
 
 from .action import Action, Kind
+from .audit.policy_store import PolicyStore
+from .audit.writer import Commit
 from .decision import Decision, Plane, Verdict
 from .engine import Adjudicator
 from .errors import AuditError, PolicyError
-from .evidence import EvidenceSink, make_record
+from .evidence import Evidence
 from .identity.config import credential_for, headers_to_strip, principal_for, token_from_headers
 from .mcp_response import ResponseGovernor
 from .policy import CompiledPolicy, compile_file
@@ -58,6 +60,19 @@ _UNREALIZED = {
 }
 
 
+AUDIT_SYNC_TIMEOUT = 5.0
+Charge = tuple[BudgetKey, float, float | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    action: Action               # as decided: with its session context
+    decision_id: str
+    decision: Decision           # the enforced decision
+    commit: Commit               # durability of its record
+    charged: tuple[Charge, ...] = ()
+
+
 class SessionKilled(Exception):
     """The session (or its principal) was killed; carries the operator's reason."""
 
@@ -70,6 +85,8 @@ class RequestResult:
     reply: Reply | None          # None: forward the request
     strip: frozenset[str] = frozenset()      # header names that must not reach upstream
     inject: tuple[str, str] | None = None    # a brokered credential to add (allowed only)
+    judged: Judged | None = None
+    commit: Commit | None = None             # durability of the decision's record
 
     @property
     def forwarded(self) -> bool:
@@ -77,11 +94,15 @@ class RequestResult:
 
 
 class Gateway:
-    def __init__(self, policy: CompiledPolicy, sink: EvidenceSink, *, instance: str = "local",
-                 policy_path: str | Path | None = None, store: StateStore | None = None) -> None:
+    def __init__(self, policy: CompiledPolicy, evidence: Evidence, *, instance: str = "local",
+                 policy_path: str | Path | None = None, store: StateStore | None = None,
+                 policies: PolicyStore | None = None) -> None:
+        self._policies = policies
+        if policies is not None:
+            policies.put(policy.source)  # every enforced version stays re-decidable
         self._adjudicator = Adjudicator(policy)
         self.store: StateStore = store if store is not None else MemoryStore()
-        self._sink = sink
+        self._evidence = evidence
         self.instance = instance
         self.policy_path = Path(policy_path) if policy_path else None
 
@@ -92,6 +113,8 @@ class Gateway:
     # --- policy lifecycle ---------------------------------------------------------------
 
     def swap(self, policy: CompiledPolicy) -> None:
+        if self._policies is not None:
+            self._policies.put(policy.source)  # stored before it is enforced
         # One attribute store: readers see the old or the new policy, never a mix.
         self._adjudicator = Adjudicator(policy)
 
@@ -106,56 +129,84 @@ class Gateway:
                       self.policy.short_version, e)
             return e
         if policy.version != self.policy.version:
-            self.swap(policy)
+            try:
+                self.swap(policy)
+            except AuditError as e:
+                log.error("policy reload failed: cannot store the new version: %s", e)
+                return None
             log.info("policy reloaded: %s version %s", policy.name, policy.short_version)
         return None
 
     # --- deciding -----------------------------------------------------------------------
 
     def adjudicate(self, action: Action, *, outcome: str | None = None) -> tuple[str, Decision]:
-        _, decision_id, decision = self.judge(action, outcome=outcome)
-        return decision_id, decision
+        """Decide synchronously (server → client messages inside a response): a decision
+        that lets something through waits for its record to be durable first."""
+        judged = self.judge(action, outcome=outcome)
+        if judged.decision.verdict.proceeds:
+            try:
+                judged.commit.wait_sync(AUDIT_SYNC_TIMEOUT)
+            except AuditError as e:
+                return judged.decision_id, self.cancel(judged, e)
+        return judged.decision_id, judged.decision
 
-    def judge(self, action: Action, *, outcome: str | None = None
-              ) -> tuple[Action, str, Decision]:
+    def judge(self, action: Action, *, outcome: str | None = None) -> Judged:
         """Put the session context on the action, decide, charge budgets, record, then
-        apply the decision's session effects (labels). Returns the action as decided."""
+        apply the decision's session effects (labels). The caller waits for
+        ``Judged.commit`` before letting the action through."""
         start = time.perf_counter_ns()
-        charged: list[tuple[BudgetKey, float, float | None]] = []
+        charged: list[Charge] = []
+        enforced: Decision | None = None   # what happens when it is not what was decided
+        adjudicated = True
         try:
             action = self._with_session(action)
             decision = self._adjudicator.decide(action)
             if realize(decision).verdict.proceeds:
-                decision = self._charge(action, decision, charged)
+                refusal = self._charge(action, decision, charged)
+                if refusal is not None:
+                    enforced = refusal
         except SessionKilled as e:
+            adjudicated = False
             decision = make_decision(
                 Verdict.DENY, ("session.killed",),
                 f"the session was killed by an operator: {e}", self.policy.version,
                 Plane.REASONING)
-            return (action, *self._recorded(action, decision, start, outcome))
         except (StateError, ValueError) as e:
             self._release(charged, action.at)
+            adjudicated = False
             decision = make_decision(
                 Verdict.DENY, ("state.unavailable",),
                 f"session state could not be read or updated, so the action is denied: {e}",
                 self.policy.version, Plane.REASONING)
-            return (action, *self._recorded(action, decision, start, outcome))
-        decision_id, enforced = self._recorded(action, decision, start, outcome)
-        if not enforced.verdict.proceeds:
+        decision_id, final, commit = self._recorded(action, decision, start, outcome,
+                                                    adjudicated=adjudicated, enforced=enforced)
+        if not final.verdict.proceeds:
             self._release(charged, action.at)
-            return action, decision_id, enforced
+            return Judged(action, decision_id, final, commit)
         try:
-            self._apply(action, enforced)
+            self._apply(action, final)
         except StateError as e:
             log.error("could not record session labels for %s: %s", decision_id, e)
-        return action, decision_id, enforced
+        return Judged(action, decision_id, final, commit, tuple(charged))
+
+    def cancel(self, judged: Judged, error: AuditError) -> Decision:
+        """The record of an allowing decision could not be made durable: give back what
+        it charged, and deny instead."""
+        self._release(list(judged.charged), judged.action.at)
+        log.error("evidence for decision %s is not durable, denying: %s",
+                  judged.decision_id, error)
+        return make_decision(
+            Verdict.DENY, ("audit.unavailable",),
+            f"the decision could not be recorded, so it is not acted on: {error}",
+            judged.decision.policy_version, Plane.REASONING)
 
     # --- session context --------------------------------------------------------------------
 
     def _with_session(self, action: Action) -> Action:
+        now = action.at or time.time()
         if action.kind not in _SESSION_KINDS:
-            return action
-        store, now = self.store, time.time()
+            return replace(action, at=now)  # the decision time makes it re-decidable
+        store = self.store
         digest = principal_digest(action.principal)
         # An action derived from one already in context (a server message answering a
         # request) keeps its session key; a new one names its session by raw id.
@@ -181,9 +232,10 @@ class Gateway:
                        tainted=tainted)
 
     def _charge(self, action: Action, decision: Decision,
-                charged: list[tuple[BudgetKey, float, float | None]]) -> Decision:
+                charged: list[Charge]) -> Decision | None:
         """Consume every budget the action falls under, atomically each; the first that
-        does not fit refuses the action (and what was taken is given back)."""
+        does not fit refuses the action (and what was taken is given back). Returns the
+        refusal, or None when every budget had room."""
         for budget in self.policy.budgets:
             if not budget.match.admits(action):
                 continue
@@ -204,9 +256,9 @@ class Gateway:
                     f"{budget.reason} (used {result.used_before:g} of {result.limit:g})",
                     decision.policy_version, Plane.REASONING)
             charged.append((key, float(amount), budget.window))
-        return decision
+        return None
 
-    def _release(self, charged: list[tuple[BudgetKey, float, float | None]], now: float) -> None:
+    def _release(self, charged: list[Charge], now: float) -> None:
         for key, amount, window in charged:
             try:
                 self.store.release(key, amount, window, now)
@@ -239,33 +291,41 @@ class Gateway:
 
     def refuse(self, action: Action | None, rule_id: str, reason: str,
                rpc_id: str | int | None = None) -> tuple[str, Decision]:
+        """Record a refusal the proxy makes without adjudicating (unparseable input,
+        internal errors)."""
+        decision_id, decision, _ = self._refusal(action, rule_id, reason)
+        return decision_id, decision
+
+    def _refusal(self, action: Action | None, rule_id: str,
+                 reason: str) -> tuple[str, Decision, Commit]:
         start = time.perf_counter_ns()
         decision = make_decision(Verdict.DENY, (rule_id,), reason, self.policy.version,
                                  Plane.REASONING)
-        return self._recorded(action, decision, start, "refused")
+        return self._recorded(action, decision, start, "refused", adjudicated=False)
 
     def _recorded(self, action: Action | None, decision: Decision, start: int,
-                  outcome: str | None) -> tuple[str, Decision]:
-        adjudicated = time.perf_counter_ns()
+                  outcome: str | None, *, adjudicated: bool = True,
+                  enforced: Decision | None = None) -> tuple[str, Decision, Commit]:
+        """Record ``decision`` (what the adjudicator decided, re-decidable from the
+        record) and ``enforced`` (what the proxy does, when different: a budget refusal,
+        an unrealized primitive)."""
+        adjudicated_ns = time.perf_counter_ns()
         decision_id = uuid.uuid4().hex
-        enforced = realize(decision)
+        enforced = enforced if enforced is not None else realize(decision)
         if outcome is None:
             outcome = "forwarded" if enforced.verdict.proceeds else "denied"
-        record = make_record(
-            decision_id, action, decision, outcome=outcome,
-            adjudication_us=(adjudicated - start) / 1000,
-            total_us=(time.perf_counter_ns() - start) / 1000, instance=self.instance,
-            extra=None if enforced is decision else {"enforced": enforced.to_dict()},
-        )
-        try:
-            self._sink.write(record)
-        except AuditError as e:
-            log.error("%s", e)
+        commit = self._evidence.record(
+            action, decision, outcome=outcome, decision_id=decision_id,
+            enforced=None if enforced is decision else enforced, adjudicated=adjudicated,
+            adjudication_us=(adjudicated_ns - start) / 1000,
+            total_us=(time.perf_counter_ns() - start) / 1000)
+        if commit.error is not None:
+            log.error("%s", commit.error)
             return decision_id, make_decision(
                 Verdict.DENY, ("audit.unavailable",),
-                f"the decision could not be recorded, so it is not acted on: {e}",
-                decision.policy_version, Plane.REASONING)
-        return decision_id, enforced
+                f"the decision could not be recorded, so it is not acted on: {commit.error}",
+                decision.policy_version, Plane.REASONING), commit
+        return decision_id, enforced, commit
 
     def may_call_tool(self, action: Action) -> bool:
         return self._adjudicator.may_call_tool(action)
@@ -284,22 +344,44 @@ class Gateway:
             token = connection_token
         return principal_for(token, config, time.time())
 
-    def connect(self, host: str, port: int, headers: Iterable[tuple[str, str]] = ()
-                ) -> tuple[str, Decision, Reply | None]:
-        """Stop point 1. Returns the decision and, when refused, the reply for the
-        CONNECT (407 with a challenge when only a token is missing)."""
+    def connect(self, host: str, port: int,
+                headers: Iterable[tuple[str, str]] = ()) -> RequestResult:
+        """Stop point 1. A refused CONNECT gets a reply (407 with a challenge when only
+        a token is missing)."""
         action = translate_connect(host, port, self.principal(headers))
         if isinstance(action, Refusal):
-            decision_id, decision = self.refuse(None, f"mediation.{action.code}",
-                                                action.message)
-        else:
-            decision_id, decision = self.adjudicate(action)
+            decision_id, decision, commit = self._refusal(None, f"mediation.{action.code}",
+                                                          action.message)
+            return RequestResult(None, decision_id, decision,
+                                 deny_reply(decision, decision_id, mcp=False, rpc_id=None),
+                                 commit=commit)
+        judged = self.judge(action)
+        decision_id, decision = judged.decision_id, judged.decision
         if decision.verdict.proceeds:
-            return decision_id, decision, None
+            return RequestResult(judged.action, decision_id, decision, None, judged=judged)
         reply = deny_reply(decision, decision_id, mcp=False, rpc_id=None)
         if decision.rule_ids == ("identity.anonymous",):
             reply = challenge(reply)
-        return decision_id, decision, reply
+        return RequestResult(judged.action, decision_id, decision, reply, judged=judged)
+
+    async def settle(self, result: RequestResult) -> RequestResult:
+        """Before a request goes through, its record must be durable; if it cannot be
+        made durable the request is denied instead."""
+        commit = result.judged.commit if result.judged is not None else result.commit
+        if commit is None:
+            return result
+        try:
+            await commit.wait()
+        except AuditError as e:
+            if result.reply is not None or result.judged is None:
+                return result  # a refusal stays a refusal, recorded or not
+            decision = self.cancel(result.judged, e)
+            action = result.action
+            mcp = action is not None and action.kind is Kind.MCP
+            reply = deny_reply(decision, result.decision_id, mcp=mcp,
+                               rpc_id=action.rpc_id if action is not None else None)
+            return replace(result, decision=decision, reply=reply, inject=None)
+        return result
 
     def request(self, view: RequestView, addresses: tuple[str, ...] = (),
                 connection_token: str | None = None) -> RequestResult:
@@ -309,27 +391,29 @@ class Gateway:
         strip = headers_to_strip(None if isinstance(action, Refusal) else action,
                                  policy.identity) | {SESSION_HEADER}
         if isinstance(action, Refusal):
-            decision_id, decision = self.refuse(None, f"mediation.{action.code}", action.message)
+            decision_id, decision, commit = self._refusal(None, f"mediation.{action.code}",
+                                                          action.message)
             mcp = action.rpc_id is not None
             reply = deny_reply(decision, decision_id, mcp=mcp, rpc_id=action.rpc_id)
-            return RequestResult(None, decision_id, decision, reply, strip)
+            return RequestResult(None, decision_id, decision, reply, strip, commit=commit)
         if addresses:
             action = replace(action, addresses=addresses)
-        action, decision_id, decision = self.judge(action)
+        judged = self.judge(action)
+        action, decision_id, decision = judged.action, judged.decision_id, judged.decision
         if decision.verdict.proceeds:
             inject = credential_for(action, policy.identity)
-            return RequestResult(action, decision_id, decision, None, strip, inject)
+            return RequestResult(action, decision_id, decision, None, strip, inject, judged)
         reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
                            rpc_id=action.rpc_id)
         if decision.rule_ids == ("identity.anonymous",) and action.kind is Kind.HTTP:
             reply = challenge(reply)
-        return RequestResult(action, decision_id, decision, reply, strip)
+        return RequestResult(action, decision_id, decision, reply, strip, judged=judged)
 
     def governor(self, action: Action) -> ResponseGovernor:
         return ResponseGovernor(action, self)
 
     def close(self) -> None:
-        self._sink.close()
+        self._evidence.close()
         self.store.close()
 
 

@@ -270,7 +270,8 @@ def _credentials(items: Any, base_dir: Path, token_header: str, servers: set[str
 def compile_identity(section: Mapping[str, Any] | None, base_dir: str | Path = ".", *,
                      servers: set[str] | frozenset[str] | None = None,
                      resolve_secrets: bool = True, env: Mapping[str, str] | None = None,
-                     file: str = "<policy>") -> tuple[IdentityConfig | None, list[Issue]]:
+                     file: str = "<policy>", offline: bool = False,
+                     ) -> tuple[IdentityConfig | None, list[Issue]]:
     """Compile the ``identity`` section (``None``: no section, no config).
 
     Returns ``(config, [])`` or ``(None, issues)``; each issue is ``(code, message,
@@ -297,7 +298,10 @@ def compile_identity(section: Mapping[str, Any] | None, base_dir: str | Path = "
         issues.append(("policy_conflict_error",
                        f"`{token_header}` cannot carry delegation tokens",
                        ("identity", "token_header")))
-    roots = _roots(section.get("trusted_roots"), base, issues)
+    key_issues: list[Issue] = []
+    roots = _roots(section.get("trusted_roots"), base, key_issues)
+    if not offline:  # re-deciding recorded chains needs no root keys
+        issues.extend(key_issues)
     creds = _credentials(section.get("credentials"), base, token_header, servers,
                          os.environ if env is None else env, resolve_secrets, issues)
     if issues:

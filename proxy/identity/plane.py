@@ -95,7 +95,7 @@ class IdentityPlane:
                 out.append(self._anonymous)
             return
         chain = principal.verified
-        now = self._clock()
+        now = action.at or self._clock()
         if not chain.not_before <= now < chain.not_after:
             error = chain.validity(now)
             assert error is not None

@@ -18,6 +18,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -31,6 +32,8 @@ from .token import (
     PROOF_SECRET,
     BlockBody,
     Token,
+    _b64d,
+    canonical_json,
     describe_principal,
     seal_input,
     signing_input,
@@ -304,3 +307,39 @@ class Verifier:
                 f"the seal does not verify with the next_key of block {last} "
                 f"({blocks[-1].who}): the token was truncated or its seal replaced", last)
         return VerifiedChain(digest, root_name, kid, tuple(blocks), token.sealed)
+
+
+# --- evidence: a verified chain as data, and back -------------------------------------------
+
+
+def chain_to_data(chain: VerifiedChain) -> dict[str, Any]:
+    """What re-deciding needs of a verified chain: the block bodies (principals,
+    capabilities, validity, next keys). No signature and no proof: the data cannot be
+    presented as a token again."""
+    return {
+        "digest": chain.digest,
+        "root": chain.root_name,
+        "root_key_id": b64e(chain.root_key_id),
+        "sealed": chain.sealed,
+        "blocks": [b.body.to_json() for b in chain.blocks],
+    }
+
+
+def chain_from_data(data: Mapping[str, Any]) -> VerifiedChain:
+    """Rebuild a chain recorded by ``chain_to_data`` (its signatures were verified when
+    it was recorded; the record itself is covered by the signed evidence chain)."""
+    blocks = []
+    for i, raw in enumerate(data["blocks"]):
+        body = BlockBody.from_payload(canonical_json(raw), i)
+        caps, issues = compile_capabilities(list(body.capabilities), ())
+        if caps is None:
+            raise IdentityError("malformed", f"recorded block {i}: {issues[0][1]}", i)
+        link = Link(body.principal_id, PrincipalKind(body.kind))
+        blocks.append(VerifiedBlock(
+            i, body, link, caps,
+            f"outside the capabilities of block {i} ({describe_principal(body)})"))
+    key_id = _b64d(data["root_key_id"])
+    if key_id is None:
+        raise IdentityError("malformed", "recorded root key id is not base64url")
+    return VerifiedChain(str(data["digest"]), str(data["root"]), key_id, tuple(blocks),
+                         bool(data["sealed"]))

@@ -285,11 +285,13 @@ def _exact_test(attr: str, values: frozenset[Any]) -> Any:
 
 
 def compile_text(text: str, filename: str = "<policy>", *,
-                 resolve_secrets: bool = True) -> CompiledPolicy:
+                 resolve_secrets: bool = True, offline: bool = False) -> CompiledPolicy:
     """Compile one policy document; raises ``PolicyError`` listing every issue.
 
     ``resolve_secrets=False`` checks a policy without reading the credentials it names
-    (``fiveplane check`` on a machine that does not hold them)."""
+    (``fiveplane check`` on a machine that does not hold them). ``offline=True``
+    compiles a stored version to re-decide recorded actions: no secrets, and trusted
+    root keys that cannot be read are skipped (recorded chains are not re-verified)."""
     doc, issues = loader.parse_text(text, filename)
     if doc is None and not issues:
         issues = [PolicyIssue("policy_schema_error", "the policy is empty", filename, 1)]
@@ -318,7 +320,7 @@ def compile_text(text: str, filename: str = "<policy>", *,
     try:
         identity, found = compile_identity(
             doc.get("identity"), Path(filename).parent, servers=names,
-            resolve_secrets=resolve_secrets, file=filename)
+            resolve_secrets=resolve_secrets and not offline, offline=offline, file=filename)
         for code, message, where in found:
             ctx.issue(code, message, where)
     except tolerated:

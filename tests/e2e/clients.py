@@ -223,3 +223,47 @@ def modern_request(
     if isinstance(name, str):
         headers["Mcp-Name"] = name
     return {"jsonrpc": "2.0", "id": id, "method": method, "params": p}, headers
+
+
+def read_evidence(state_dir: str | Path) -> list[dict[str, Any]]:
+    """The decision records a fiveplane process wrote under ``<state_dir>/audit``, oldest
+    first: each record's body, with ``decision_id`` and ``decision.policy_version``
+    spelled as in denials (``id`` and ``policy`` in the schema)."""
+    import json as _json
+
+    from proxy.audit.verify import log_files
+
+    audit = Path(state_dir) / "audit"
+    out: list[dict[str, Any]] = []
+    if not audit.exists():
+        return out
+    for path in log_files(audit):
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                entry = _json.loads(line)
+            except ValueError:
+                continue  # a torn last line while the writer is busy
+            if entry.get("type") != "record":
+                continue
+            body = entry["body"]
+            decision = {**body["decision"], "policy_version": body.get("policy")}
+            out.append({**body, "decision_id": body["id"], "decision": decision,
+                        "action": body.get("action") or {}})
+    return out
+
+
+def assert_reconstructable(state_dir: str | Path) -> str:
+    """``fiveplane audit verify`` passes on the evidence under ``state_dir`` and
+    ``fiveplane audit explain --all`` re-decides every recorded decision with 0
+    mismatches. Returns explain's output."""
+    import subprocess
+    import sys
+
+    audit = str(Path(state_dir) / "audit")
+    for args in (["verify", audit], ["explain", audit, "--all"]):
+        done = subprocess.run([sys.executable, "-m", "proxy", "audit", *args],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (args, done.stdout[-3000:], done.stderr[-3000:])
+    return done.stdout

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import yaml
+from clients import read_evidence
 from commands import REPO_ROOT, fiveplane_argv, http_upstream_argv, mcp_server_argv
 
 from proxy.policy import compile_file
@@ -147,7 +148,7 @@ def compose_stack(tmp_path: Path, mcp_server, proxy_process, proxy_certs) -> dic
         "upstream": upstream,
         "proxy": proxy,
         "policy": variant,
-        "evidence": state / "evidence.jsonl",
+        "evidence": state,
         "mcp_url": f"http://{LOOPBACK}:{mcp.port}/mcp",
         "http_url": f"http://{LOOPBACK}:{upstream.port}/status",
         # not in network.allow; on loopback, so nothing could leave the machine even if the
@@ -161,11 +162,8 @@ def _reason(doc: dict[str, Any], rule_id: str) -> str:
     return rule["reason"]
 
 
-def _evidence(path: Path) -> dict[str, dict[str, Any]]:
-    return {
-        r["decision_id"]: r
-        for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    }
+def _evidence(state: Path) -> dict[str, dict[str, Any]]:
+    return {r["decision_id"]: r for r in read_evidence(state)}
 
 
 def _check_report(report: Any, stack: dict[str, Any], mode: str) -> None:

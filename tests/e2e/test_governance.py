@@ -32,14 +32,16 @@ import anyio
 import brotli
 import pytest
 from clients import (
+    assert_reconstructable,
     http_client,
     legacy_handshake,
     mcp_client,
     modern_request,
     parse_jsonrpc,
     post_jsonrpc,
+    read_evidence,
 )
-from conftest import (
+from harness import (
     MCP_SERVER_READY,
     McpServerFactory,
     McpServerHandle,
@@ -215,8 +217,7 @@ class Env:
         return http_client(self.proxy.url, self.ca, **kw)
 
     def evidence(self) -> list[dict[str, Any]]:
-        text = self.evidence_path.read_text() if self.evidence_path.exists() else ""
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return read_evidence(self.evidence_path)
 
     def record(self, decision_id: str) -> dict[str, Any]:
         found = [r for r in self.evidence() if r["decision_id"] == decision_id]
@@ -293,7 +294,7 @@ def env(
             tls_canary=tls_canary,
             policy_path=policy_path,
             policy_version="sha256:" + hashlib.sha256(text.encode()).hexdigest(),
-            evidence_path=state / "evidence.jsonl",
+            evidence_path=state,
         )
     finally:
         launcher.stop_all()
@@ -1133,14 +1134,14 @@ def test_hot_reload(env: Env, tmp_path: Path, proxy_certs: Path) -> None:
     try:
         proxy = ProxyFactory(launcher, tmp_path, proxy_certs).start_fiveplane(
             policy, state_dir=tmp_path / "state")
-        evidence = tmp_path / "state" / "evidence.jsonl"
+        state = tmp_path / "state"
 
         def call(n: int) -> tuple[Any, dict[str, Any]]:
             with http_client(proxy.url) as c:
                 r = modern_call(c, srv.url, "tools/call",
                                 {"name": "echo", "arguments": {"text": f"reload-{n}"}},
                                 rpc_id=n)
-            last = json.loads(evidence.read_text().splitlines()[-1])
+            last = read_evidence(state)[-1]
             return r, last
 
         r, rec = call(1)
@@ -1208,3 +1209,15 @@ def test_declared_oversized_body_refused_before_upload(env: Env) -> None:
     assert any(str(BIG) in r["decision"]["reason"] for r in records), records[-3:]
     assert len(srv.calls()) == before
     assert_still_serving(env)
+
+
+# --------------------------------------------------------------------------------------------
+# evidence sufficiency: after everything above, every record verifies and re-decides
+# --------------------------------------------------------------------------------------------
+
+
+def test_zz_every_recorded_decision_re_adjudicates(env: Env) -> None:
+    records = env.evidence()
+    assert len(records) >= 3
+    out = assert_reconstructable(env.evidence_path)
+    assert "0 mismatch" in out, out[-2000:]

@@ -13,7 +13,7 @@ from typing import Any
 
 import anyio
 import pytest
-from clients import mcp_client
+from clients import assert_reconstructable, mcp_client
 from mcp.shared.exceptions import MCPError
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +54,8 @@ rules:
     match: {{server: crm, tool: refund, principal: {{root: alice}}}}
     effect: allow
 """)
-    proxy = proxy_process.start_fiveplane(policy, env={"CRM_TOKEN": BROKERED})
+    proxy = proxy_process.start_fiveplane(policy, state_dir=tmp_path / "state",
+                                          env={"CRM_TOKEN": BROKERED})
     echo = json.dumps({"server": "crm", "tool": "echo"})
     grant = json.dumps({"server": "crm", "tool": "refund", "args": {"amount": {"le": 500}}})
     planner = cli("mint", "--root-key", str(keys / "corp.key"), "--principal", "alice",
@@ -64,7 +65,8 @@ rules:
     sub = cli("attenuate", planner, "--principal", "sub-1", "--kind", "agent", "--cap",
               json.dumps({"server": "crm", "tool": "refund", "args": {"amount": {"le": 100}}}),
               "--cap", echo, "--ttl", "300")
-    return {"server": server, "proxy": proxy, "planner": planner, "sub": sub}
+    return {"server": server, "proxy": proxy, "planner": planner, "sub": sub,
+            "state": tmp_path / "state"}
 
 
 async def refund(env: dict[str, Any], token: str | None, amount: int, *, via: str,
@@ -118,6 +120,8 @@ def test_attenuation_is_enforced_per_hop(setup: dict[str, Any], via: str, mode: 
         assert "x-fiveplane-token" not in headers
         assert setup["sub"] not in json.dumps(headers)
         assert setup["planner"] not in json.dumps(headers)
+    out = assert_reconstructable(setup["state"])  # identity decisions re-decide too
+    assert "0 mismatch" in out
 
 
 def test_no_token_is_denied_and_a_forged_one_too(setup: dict[str, Any]) -> None:

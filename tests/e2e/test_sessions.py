@@ -12,7 +12,14 @@ from typing import Any
 
 import anyio
 import pytest
-from clients import http_client, mcp_client, modern_request, parse_jsonrpc, post_jsonrpc
+from clients import (
+    assert_reconstructable,
+    http_client,
+    mcp_client,
+    modern_request,
+    parse_jsonrpc,
+    post_jsonrpc,
+)
 
 sys.path.insert(0, str(Path(__file__).parent / "servers"))
 from mcp_server import ATTACKER_IBAN, PAYEES
@@ -100,6 +107,7 @@ def test_values_from_untrusted_output_cannot_become_recipients(env: dict[str, An
     sent = [c["arguments"]["recipient"] for c in env["bank"].calls() if c["tool"] == "send_money"]
     assert sent == [PAYEES[0]["iban"]]
     assert ATTACKER_IBAN not in json.dumps(env["bank"].calls())
+    assert_reconstructable(env["tmp"] / "state")
 
 
 def test_lethal_trifecta(env: dict[str, Any]) -> None:
@@ -117,6 +125,7 @@ def test_lethal_trifecta(env: dict[str, Any]) -> None:
     assert after.json()["rule_ids"] == ["lethal-trifecta"]
     assert still_get.status_code == 200  # reads stay allowed; only egress writes are cut
     assert [h.method for h in env["web"].hits] == ["POST", "GET"]
+    assert_reconstructable(env["tmp"] / "state")
 
 
 def test_budget_is_exact_under_concurrent_calls(env: dict[str, Any]) -> None:
@@ -139,3 +148,4 @@ def test_budget_is_exact_under_concurrent_calls(env: dict[str, Any]) -> None:
     assert len(passed) == 10
     assert {m["error"]["data"]["rule_ids"][0] for m in refused} == {"refund-budget"}
     assert len([c for c in env["crm"].calls() if c["tool"] == "refund"]) == 10
+    assert_reconstructable(env["tmp"] / "state")  # budget refusals are recorded as enforced

@@ -3,15 +3,19 @@ unrealized primitives deny, audit failures deny."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from pathlib import Path
 
+from proxy.audit import AuditLog
+from proxy.audit.verify import log_files, verify
+from proxy.audit.writer import Commit
 from proxy.decision import Verdict
 from proxy.errors import AuditError
-from proxy.evidence import JsonlSink, MemorySink
+from proxy.evidence import MemorySink
 from proxy.gateway import Gateway
 from proxy.policy import compile_file
-from proxy.testing import mcp_call
 from proxy.translate import RequestView
 
 POLICY = """\
@@ -105,12 +109,9 @@ def test_reload_swaps_only_a_policy_that_compiles(tmp_path: Path) -> None:
     assert not result.forwarded and result.decision.rule_ids == ("read",)
 
 
-class BrokenSink:
-    def write(self, record: dict) -> None:
-        raise AuditError("disk full")
-
-    def close(self) -> None:
-        pass
+class BrokenSink(MemorySink):
+    def record(self, *args, **kwargs) -> Commit:
+        return Commit.failed(AuditError("disk full"))
 
 
 def test_a_decision_that_cannot_be_recorded_is_not_acted_on(tmp_path: Path) -> None:
@@ -120,11 +121,32 @@ def test_a_decision_that_cannot_be_recorded_is_not_acted_on(tmp_path: Path) -> N
     assert "disk full" in result.decision.reason
 
 
-def test_jsonl_sink_writes_one_line_per_record(tmp_path: Path) -> None:
-    sink = JsonlSink(tmp_path / "state" / "evidence.jsonl")
-    gw = gateway(tmp_path, sink=sink)
-    gw.adjudicate(mcp_call("get_customer"))
-    gw.adjudicate(mcp_call("delete_all"))
-    sink.close()
-    lines = (tmp_path / "state" / "evidence.jsonl").read_text().splitlines()
-    assert [json.loads(x)["decision"]["verdict"] for x in lines] == ["allow", "deny"]
+def test_a_late_audit_failure_denies_and_gives_budgets_back(tmp_path: Path) -> None:
+    class LateFailure(MemorySink):
+        def record(self, *args, **kwargs) -> Commit:
+            super().record(*args, **kwargs)
+            commit = Commit(threading.Lock())
+            commit.done, commit.error = True, AuditError("fsync failed")
+            return commit
+
+    text = POLICY + ("budgets: [{id: reads, match: {server: crm, tool: get_customer}, "
+                     "limit: 1, per: global}]\n")
+    gw = gateway(tmp_path, text, sink=LateFailure())
+    first = gw.request(mcp_view(call("get_customer")))
+    assert first.decision.rule_ids == ("audit.unavailable",)
+    gw._evidence = MemorySink()
+    settled = asyncio.run(gw.settle(gw.request(mcp_view(call("get_customer")))))
+    assert settled.forwarded  # the failed call gave its budget back
+
+
+def test_audit_log_records_every_decision_durably(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path / "audit", "test")
+    gw = gateway(tmp_path, sink=log)
+    allowed = asyncio.run(gw.settle(gw.request(mcp_view(call("get_customer")))))
+    denied = gw.request(mcp_view(call("delete_all")))
+    assert allowed.forwarded and not denied.forwarded
+    log.close()
+    (chain,) = log_files(tmp_path / "audit")
+    report = verify(chain)
+    assert report.ok, report.summary()
+    assert report.records == 2
