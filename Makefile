@@ -19,6 +19,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/fiveplane test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

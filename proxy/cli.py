@@ -18,6 +18,7 @@ from .audit import cli as audit_cli
 from .errors import PolicyError
 from .identity import cli as token_cli
 from .policy import compile_file
+from .replay import cli as replay_cli
 
 EXIT_OK, EXIT_ERROR, EXIT_INVALID = 0, 1, 3
 CA_FILE = "mitmproxy-ca-cert.pem"
@@ -56,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--instance", default="", help="instance name in evidence records")
     run.add_argument("--reload-interval", type=float, default=1.0,
                      help="seconds between policy file checks (0 = no hot reload)")
+    run.add_argument("--record", metavar="FILE", default=None,
+                     help="write every flow and its decisions to this mitmproxy flow file "
+                          "(secrets redacted; a leading + appends)")
+    run.add_argument("--record-secrets", action="store_true",
+                     help="keep credentials and secrets in the recording (needed to replay "
+                          "identity decisions)")
     run.add_argument("--test-faults", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("-v", "--verbose", action="store_true")
 
@@ -67,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("--certs", default="certs")
     token_cli.add_parser(sub)
     audit_cli.add_parser(sub)
+    replay_cli.add_parser(sub)
     return parser
 
 
@@ -80,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         return token_cli.run(args)
     if args.command == "audit":
         return audit_cli.run(args)
+    if args.command in ("replay", "test"):
+        return replay_cli.run(args)
     return cmd_run(args)
 
 
@@ -151,7 +161,14 @@ async def _serve(args: argparse.Namespace, policy: str, version: str) -> int:
     certs.mkdir(parents=True, exist_ok=True)
     opts = Options(listen_host=host, listen_port=port, mode=["regular"], confdir=str(certs))
     master = DumpMaster(opts, with_termlog=False, with_dumper=False)
-    master.addons.add(FiveplaneGate())
+    gate = FiveplaneGate()
+    if args.record:
+        from addons.fiveplane_recorder import FiveplaneRecorder
+
+        recorder = FiveplaneRecorder()
+        master.addons.add(recorder.tap, gate, recorder)  # the tap sees flows before the gate
+    else:
+        master.addons.add(gate)
     settings: dict[str, object] = {
         "connection_strategy": "lazy",   # no upstream byte before the first request is allowed
         "http3": False,
@@ -164,6 +181,9 @@ async def _serve(args: argparse.Namespace, policy: str, version: str) -> int:
     }
     if args.upstream_ca:
         settings["ssl_verify_upstream_trusted_ca"] = args.upstream_ca
+    if args.record:
+        settings["fiveplane_record"] = args.record
+        settings["fiveplane_record_secrets"] = args.record_secrets
     try:
         master.options.update(**settings)
     except exceptions.OptionsError as e:

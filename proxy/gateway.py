@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
@@ -96,7 +96,9 @@ class RequestResult:
 class Gateway:
     def __init__(self, policy: CompiledPolicy, evidence: Evidence, *, instance: str = "local",
                  policy_path: str | Path | None = None, store: StateStore | None = None,
-                 policies: PolicyStore | None = None) -> None:
+                 policies: PolicyStore | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock  # replay passes the capture's clock
         self._policies = policies
         if policies is not None:
             policies.put(policy.source)  # every enforced version stays re-decidable
@@ -203,7 +205,7 @@ class Gateway:
     # --- session context --------------------------------------------------------------------
 
     def _with_session(self, action: Action) -> Action:
-        now = action.at or time.time()
+        now = action.at or self._clock()
         if action.kind not in _SESSION_KINDS:
             return replace(action, at=now)  # the decision time makes it re-decidable
         store = self.store
@@ -280,7 +282,7 @@ class Gateway:
         if not self.policy.untrusted_output(request) or request.kind not in _SESSION_KINDS:
             return
         digest = principal_digest(request.principal)
-        now = time.time()
+        now = self._clock()
         source = f"mcp:{request.server}/{request.name or request.mcp_method}"
         values = extract_values(result)
         ttl = self.policy.provenance_ttl
@@ -342,7 +344,7 @@ class Gateway:
         token = token_from_headers(headers, config)
         if token is None:
             token = connection_token
-        return principal_for(token, config, time.time())
+        return principal_for(token, config, self._clock())
 
     def connect(self, host: str, port: int,
                 headers: Iterable[tuple[str, str]] = ()) -> RequestResult:
