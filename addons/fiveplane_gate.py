@@ -24,6 +24,7 @@ from proxy.action import Action, Kind
 from proxy.audit import AuditLog, PolicyStore
 from proxy.errors import AuditError, PolicyError
 from proxy.gateway import Gateway, RequestResult
+from proxy.http_response import StreamGovernor, govern_body
 from proxy.identity.config import token_from_headers
 from proxy.mcp_response import ResponseGovernor
 from proxy.netaddr import HostError, normalize_host, parse_ip
@@ -257,6 +258,8 @@ class FiveplaneGate:
             return
         for name in result.strip:  # agent tokens and credentials never reach the upstream
             req.headers.pop(name, None)
+        if result.body is not None:  # the data plane redacted what the agent sent
+            req.content = result.body
         if result.inject is not None:
             req.headers[result.inject[0]] = result.inject[1]
         if result.action is not None and result.action.host != req.host:
@@ -271,7 +274,7 @@ class FiveplaneGate:
         meta = flow.metadata.setdefault(META, {})
         meta.update(decision_id=result.decision_id, verdict=result.decision.verdict.value,
                     rule_ids=list(result.decision.rule_ids))
-        if result.forwarded and result.action is not None and result.action.kind is Kind.MCP:
+        if result.forwarded and result.action is not None:
             self._actions[flow.id] = result.action
 
     # --- stop points 4-6: responses -------------------------------------------------------
@@ -281,10 +284,20 @@ class FiveplaneGate:
         assert flow.response is not None
         ctype = flow.response.headers.get("content-type", "").lower()
         action = self._actions.get(flow.id)
-        if "text/event-stream" not in ctype:
+        sse = "text/event-stream" in ctype
+        if action is None or action.kind is not Kind.MCP:
+            if not sse:
+                return  # buffered: the response hook scans it
+            encoded = flow.response.headers.get("content-encoding", "identity").lower()
+            if action is None or self.gw().policy.data is None or encoded not in (
+                    "", "identity"):
+                flow.response.stream = True  # never buffer a stream we do not scan
+                return
+            scanner = StreamGovernor(self.gw(), action, sse=True)
+            self._governors[flow.id] = scanner  # type: ignore[assignment]
+            flow.response.stream = self._plain_stream(flow, scanner)
             return
-        if action is None:
-            flow.response.stream = True  # never buffer a stream we do not govern
+        if not sse:
             return
         governor = self.gw().governor(action)
         self._governors[flow.id] = governor
@@ -323,6 +336,24 @@ class FiveplaneGate:
 
         return filter_chunk
 
+    def _plain_stream(self, flow: http.HTTPFlow,
+                      scanner: StreamGovernor) -> Callable[[bytes], list[bytes]]:
+        def filter_chunk(chunk: bytes) -> list[bytes]:
+            try:
+                was_cut = scanner.cut is not None
+                out = scanner(chunk)
+                if scanner.cut is not None and not was_cut:
+                    self._cut_soon(flow)
+                return out
+            except Exception as e:
+                log.error("stream scan failed, cutting: %r", e)
+                if scanner.cut is None:
+                    scanner.cut = self.gw().refuse(None, "addon.error", repr(e))
+                    self._cut_soon(flow)
+                return []
+
+        return filter_chunk
+
     def _cut_soon(self, flow: http.HTTPFlow) -> None:
         asyncio.get_running_loop().call_soon(_cut_upstream, flow)
 
@@ -334,6 +365,9 @@ class FiveplaneGate:
         if governor is not None and governor.cut is not None:
             flow.metadata.setdefault(META, {})["cut"] = governor.cut[0]
         if action is None or governor is not None or resp is None:
+            return
+        if action.kind is not Kind.MCP:
+            self._govern_plain(flow, action)
             return
         if resp.status_code >= 300 or not resp.raw_content:
             return
@@ -350,6 +384,17 @@ class FiveplaneGate:
             resp.content = new
         if governor.removed_tools:
             flow.metadata.setdefault(META, {})["removed_tools"] = governor.removed_tools
+
+    def _govern_plain(self, flow: http.HTTPFlow, action: Action) -> None:
+        resp = flow.response
+        if resp is None or self.gw().policy.data is None or resp.stream:
+            return
+        ctype = resp.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        new, reply = govern_body(self.gw(), action, resp.get_content(strict=True) or b"", ctype)
+        if reply is not None:
+            _respond(flow, reply)
+        elif new is not None:
+            resp.content = new
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._actions.pop(flow.id, None)

@@ -7,6 +7,7 @@ that cannot be recorded is not acted on (denied).
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -19,7 +20,9 @@ from typing import Any
 from .action import Action, Kind
 from .audit.policy_store import PolicyStore
 from .audit.writer import Commit
-from .decision import Decision, Plane, Verdict
+from .codec import BodyError, decode_body
+from .decision import Decision, Directive, Plane, Verdict
+from .dlp import REDACT, DataConfig, Finding, redact_json_body, redact_text_body
 from .engine import Adjudicator
 from .errors import AuditError, PolicyError
 from .evidence import Evidence
@@ -87,6 +90,7 @@ class RequestResult:
     inject: tuple[str, str] | None = None    # a brokered credential to add (allowed only)
     judged: Judged | None = None
     commit: Commit | None = None             # durability of the decision's record
+    body: bytes | None = None                # the body to forward instead (redacted)
 
     @property
     def forwarded(self) -> bool:
@@ -400,16 +404,90 @@ class Gateway:
             return RequestResult(None, decision_id, decision, reply, strip, commit=commit)
         if addresses:
             action = replace(action, addresses=addresses)
+        body: bytes | None = None
+        if policy.data is not None:
+            scanned = self._scan_request(action, view, policy.data)
+            if isinstance(scanned, RequestResult):
+                return replace(scanned, strip=strip)
+            action, body = scanned
         judged = self.judge(action)
         action, decision_id, decision = judged.action, judged.decision_id, judged.decision
         if decision.verdict.proceeds:
             inject = credential_for(action, policy.identity)
-            return RequestResult(action, decision_id, decision, None, strip, inject, judged)
+            return RequestResult(action, decision_id, decision, None, strip, inject, judged,
+                                 body=body)
         reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
                            rpc_id=action.rpc_id)
         if decision.rule_ids == ("identity.anonymous",) and action.kind is Kind.HTTP:
             reply = challenge(reply)
         return RequestResult(action, decision_id, decision, reply, strip, judged=judged)
+
+    # --- data plane -------------------------------------------------------------------------
+
+    def _scan_request(self, action: Action, view: RequestView, data: DataConfig
+                      ) -> tuple[Action, bytes | None] | RequestResult:
+        """Detectors over what the agent sends: a deny finding refuses the request, redact
+        findings rewrite the forwarded body (and the arguments the policy judges)."""
+        raw = decoded_body(view, self.policy.max_body_bytes)
+        if not raw:
+            return action, None
+        if action.kind is Kind.MCP or _json_type(view.headers):
+            try:
+                scanned = redact_json_body(raw, data.scanner, data.requests)
+            except BodyError:
+                return action, None  # translation already refused what must be JSON
+        else:
+            scanned = redact_text_body(raw, data.scanner, data.requests)
+        if not scanned.findings:
+            return action, None
+        self.mark(action, data.session_labels(scanned.findings))
+        if scanned.denied:
+            first = scanned.denied[0]
+            decision_id, decision, commit = self._refusal(
+                action, f"data.{first.detector}",
+                f"the request carries {first.label} ({first.preview}), which this policy "
+                "does not let leave")
+            reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
+                               rpc_id=action.rpc_id)
+            return RequestResult(action, decision_id, decision, reply, commit=commit)
+        if not scanned.changed:
+            return action, None
+        body = scanned.value
+        if action.kind is Kind.MCP:
+            message = json.loads(body)
+            arguments = (message.get("params") or {}).get("arguments")
+            if isinstance(arguments, dict):
+                action = replace(action, arguments=arguments)
+        self.record_redaction(action, scanned.findings, "request")
+        return action, body
+
+    def record_redaction(self, action: Action | None, findings: Iterable[Finding],
+                         where: str) -> None:
+        """Evidence of a rewrite: which detectors fired (masked previews only)."""
+        findings = [f for f in findings if f.action == REDACT]
+        if not findings:
+            return
+        rule_ids = tuple(sorted({f"data.{f.detector}" for f in findings}))
+        directive = Directive(Plane.DATA, "redact", MappingProxyType(
+            {"where": where, "findings": tuple(f.to_dict() for f in findings)}))
+        decision = make_decision(
+            Verdict.MODIFY, rule_ids,
+            f"{len(findings)} value(s) redacted in the {where}: "
+            + ", ".join(sorted({f.label for f in findings})),
+            self.policy.version, Plane.DATA, directives=(directive,))
+        self._recorded(action, decision, time.perf_counter_ns(), "redacted",
+                       adjudicated=False, enforced=decision)
+
+    def mark(self, action: Action, labels: Iterable[str]) -> None:
+        """Attach labels to the action's session and its principal's."""
+        labels = sorted(labels)
+        if not labels or action.kind not in _SESSION_KINDS:
+            return
+        now = self._clock()
+        session = action.session if action.at else session_key(
+            principal_digest(action.principal), action.session or None)
+        self.store.mark(session, labels, now)
+        self.store.mark(principal_session(principal_digest(action.principal)), labels, now)
 
     def governor(self, action: Action) -> ResponseGovernor:
         return ResponseGovernor(action, self)
@@ -417,6 +495,16 @@ class Gateway:
     def close(self) -> None:
         self._evidence.close()
         self.store.close()
+
+
+def decoded_body(view: RequestView, limit: int) -> bytes:
+    # translate_request has already refused bodies that do not decode within the limit
+    return decode_body(view.body, dict(view.headers).get("content-encoding"), limit=limit)
+
+
+def _json_type(headers: Iterable[tuple[str, str]]) -> bool:
+    ctype = dict(headers).get("content-type", "").split(";", 1)[0].strip().lower()
+    return ctype == "application/json" or ctype.endswith("+json")
 
 
 def principal_digest(principal: Principal) -> str | None:

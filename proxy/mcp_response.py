@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from .action import NAMED_METHODS, Action, Kind, StopPoint
 from .codec import BodyError, SseParser, loads_strict, sse_encode
 from .decision import Decision
+from .dlp import redact_json
 from .replies import jsonrpc_error, sse_error_event
 
 _DROP: Any = object()  # a denied server notification: withhold this one event
@@ -34,6 +35,13 @@ class Judge(Protocol):
 
     def observe(self, request: Action, result: Any) -> None: ...
 
+    def mark(self, action: Action, labels: Any) -> None: ...
+
+    def record_redaction(self, action: Action | None, findings: Any, where: str) -> None: ...
+
+    @property
+    def policy(self) -> Any: ...
+
 
 class ResponseGovernor:
     def __init__(self, request: Action, judge: Judge) -> None:
@@ -42,6 +50,7 @@ class ResponseGovernor:
         self._parser: SseParser | None = None
         self.cut: tuple[str, Decision] | None = None
         self.removed_tools: list[str] = []
+        self.redacted = 0
 
     # --- one JSON document ---------------------------------------------------------
 
@@ -112,6 +121,11 @@ class ResponseGovernor:
         self.cut = self._judge.refuse(action, rule_id, reason)
 
     def _govern(self, msg: Any, *, may_drop: bool = False) -> Any:
+        data = self._judge.policy.data
+        if data is not None and isinstance(msg, dict | list):
+            msg = self._scan(msg, data)
+            if self.cut is not None:
+                return msg
         if isinstance(msg, list):
             self._refuse("mediation.jsonrpc_batch", "the server sent a JSON-RPC batch")
             return msg
@@ -148,6 +162,23 @@ class ResponseGovernor:
         if self.request.mcp_method == "tools/list" and isinstance(result.get("tools"), list):
             return self._filter_tools(msg, result)
         return msg
+
+    def _scan(self, msg: Any, data: Any) -> Any:
+        """The data plane on one message: deny findings cut the response, redact findings
+        rewrite it (the document stays valid JSON; the JSON-RPC id is never touched)."""
+        scanned = redact_json(msg, data.scanner, data.responses)
+        if not scanned.findings:
+            return msg
+        self._judge.mark(self.request, data.session_labels(scanned.findings))
+        if scanned.denied:
+            first = scanned.denied[0]
+            self._refuse(f"data.{first.detector}",
+                         f"the response carries {first.label} ({first.preview}); "
+                         "it is cut here")
+            return msg
+        self.redacted += len(scanned.redacted)
+        self._judge.record_redaction(self.request, scanned.findings, "response")
+        return scanned.value
 
     def _server_message(self, method: Any, params: Any,
                         rpc_id: Any) -> tuple[str, Decision] | None:

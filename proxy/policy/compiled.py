@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..action import Action
 from ..decision import Decision
+from ..dlp.policy import DataConfig
 from ..identity.config import IdentityConfig
 from ..identity.plane import IdentityPlane
 from ..planes.endpoint import EndpointPlane
@@ -44,6 +45,7 @@ class CompiledPolicy:
     untrusted_servers: frozenset[str] = frozenset()
     tainted_args: frozenset[str] = frozenset()     # arguments some rule checks for taint
     provenance_ttl: float | None = None
+    data: DataConfig | None = None                 # detectors and what to do when they fire
 
     def untrusted_output(self, action: Action) -> bool:
         """Whether the result of ``action`` is untrusted content."""

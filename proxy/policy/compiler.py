@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import jsonschema
 
 from ..decision import Directive, Plane, Verdict
+from ..dlp.policy import compile_data
 from ..errors import PolicyError, PolicyIssue
 from ..identity.config import IdentityConfig, compile_identity
 from ..identity.plane import IdentityPlane, compile_principal_match
@@ -333,6 +334,13 @@ def compile_text(text: str, filename: str = "<policy>", *,
             continue
         if rule is not None:
             rules.append(rule)
+    data = None
+    try:
+        data, found = compile_data(doc.get("data"))
+        for code, message, where in found:
+            ctx.issue(code, message, where)
+    except tolerated:
+        pass
     budgets: tuple[Budget, ...] = ()
     untrusted: tuple[Any, ...] = ()
     try:
@@ -371,6 +379,7 @@ def compile_text(text: str, filename: str = "<policy>", *,
             if spec.get("trust") == "untrusted_output"),
         tainted_args=frozenset().union(*(r.tainted_args for r in rules)),
         provenance_ttl=doc.get("provenance", {}).get("ttl"),
+        data=data,
         rules=tuple(rules),
         servers=servers,
     )
