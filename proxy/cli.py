@@ -15,8 +15,10 @@ from pathlib import Path
 
 from . import __version__
 from .audit import cli as audit_cli
+from .control import cli as control_cli
 from .errors import PolicyError
 from .identity import cli as token_cli
+from .mcp import pins_cli, wrap_cli
 from .policy import compile_file
 from .replay import cli as replay_cli
 
@@ -75,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     token_cli.add_parser(sub)
     audit_cli.add_parser(sub)
     replay_cli.add_parser(sub)
+    control_cli.add_parser(sub)
+    wrap_cli.add_parser(sub)
+    pins_cli.add_parser(sub)
     return parser
 
 
@@ -90,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         return audit_cli.run(args)
     if args.command in ("replay", "test"):
         return replay_cli.run(args)
+    if args.command in control_cli.COMMANDS:
+        return control_cli.run(args)
+    if args.command == "wrap":
+        return wrap_cli.run(args)
+    if args.command == "pins":
+        return pins_cli.run(args)
     return cmd_run(args)
 
 
