@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import os
 import time
@@ -18,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import ctx, exceptions, http
+from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import server_hooks
 
 from proxy.action import Action, Kind
+from proxy.approvals import open_approvals
 from proxy.audit import AuditLog, PolicyStore
+from proxy.control import start_control
 from proxy.errors import AuditError, PolicyError
 from proxy.gateway import Gateway, RequestResult
 from proxy.http_response import StreamGovernor, govern_body
@@ -64,6 +68,8 @@ class FiveplaneGate:
         self._watcher: asyncio.Task[None] | None = None
         self._resolve: Any = None
         self._tunnel_tokens: dict[str, str] = {}
+        self.control: Any = None
+        self._stopping: Any = None
 
     # --- options and configuration ---------------------------------------------------
 
@@ -76,6 +82,11 @@ class FiveplaneGate:
                           "Session state store (default: sqlite in the state directory).")
         loader.add_option("fiveplane_reload_interval", float, 1.0,
                           "Seconds between policy file checks (0 disables hot reload).")
+        loader.add_option("fiveplane_control", str, "127.0.0.1:8081",
+                          "HOST:PORT of the approvals console and control API ('off' to "
+                          "disable; port 0 picks a free one).")
+        loader.add_option("fiveplane_control_token", str, "",
+                          "Control API token (default: generated in the state directory).")
         loader.add_option("fiveplane_test_faults", bool, False,
                           "Testing only: a request header `x-fiveplane-test-fault` raises "
                           "inside the addon, to prove that addon errors deny.")
@@ -114,9 +125,12 @@ class FiveplaneGate:
         if self.gateway is not None:
             self.gateway.close()
         try:
+            approvals = open_approvals(
+                "memory:" if ctx.options.fiveplane_state == "memory:"
+                else state / "approvals.sqlite")
             self.gateway = Gateway(policy, audit, instance=instance, policy_path=path,
-                                   store=store, policies=policies)
-        except AuditError as e:
+                                   store=store, policies=policies, approvals=approvals)
+        except (AuditError, StateError) as e:
             raise exceptions.OptionsError(str(e)) from e
 
     def running(self) -> None:
@@ -126,10 +140,30 @@ class FiveplaneGate:
             loop.getaddrinfo = self._guarded_getaddrinfo  # type: ignore[method-assign]
         if ctx.options.fiveplane_reload_interval > 0 and self._watcher is None:
             self._watcher = asyncio.create_task(self._watch_policy())
+        listen = ctx.options.fiveplane_control
+        if listen != "off" and self.control is None and self.gateway is not None:
+            host, _, port = listen.rpartition(":")
+            assert self.gateway.approvals is not None
+            for attempt in (int(port), 0):
+                try:
+                    self.control = start_control(
+                        self.gateway.approvals, self.gateway.store,
+                        state_dir=ctx.options.fiveplane_state_dir,
+                        token=ctx.options.fiveplane_control_token or None,
+                        host=host.strip("[]"), port=attempt)
+                    break
+                except OSError as e:  # another instance holds the port: take a free one
+                    log.warning("control listener %s unavailable (%s)", listen, e)
+            if self.control is not None:
+                log.info("approvals console on %s", self.control.url)
 
     def done(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+        if self.control is not None:
+            stopping = self.control.stop()
+            if inspect.isawaitable(stopping):
+                self._stopping = asyncio.ensure_future(stopping)
         if self.gateway is not None:
             self.gateway.close()
 
@@ -252,6 +286,9 @@ class FiveplaneGate:
         addresses = await self._addresses(judged_host, req.port)
         result = await self.gw().settle(self.gw().request(
             view, addresses, connection_token=self._tunnel_tokens.get(flow.client_conn.id)))
+        if result.hold is not None:
+            # Held for a person: this flow waits here, every other flow keeps moving.
+            result = await self.gw().resolve_hold(result, check=lambda: _gone(flow))
         self._remember(flow, result)
         if result.reply is not None:
             _respond(flow, result.reply)
@@ -431,6 +468,12 @@ class FiveplaneGate:
                 flow.kill()
         except Exception:
             flow.kill()
+
+
+def _gone(flow: http.HTTPFlow) -> str | None:
+    if not flow.client_conn.state & ConnectionState.CAN_READ:
+        return "the client disconnected while the call was held"
+    return None
 
 
 def _header_pairs(headers: http.Headers) -> tuple[tuple[str, str], ...]:

@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--instance", default="", help="instance name in evidence records")
     run.add_argument("--reload-interval", type=float, default=1.0,
                      help="seconds between policy file checks (0 = no hot reload)")
+    run.add_argument("--control", default="127.0.0.1:8081",
+                     help="HOST:PORT of the approvals console and control API, or off")
+    run.add_argument("--control-token", default="",
+                     help="control API token (default: generated in STATE_DIR/control.token)")
     run.add_argument("--record", metavar="FILE", default=None,
                      help="write every flow and its decisions to this mitmproxy flow file "
                           "(secrets redacted; a leading + appends)")
@@ -186,6 +190,8 @@ async def _serve(args: argparse.Namespace, policy: str, version: str) -> int:
         "fiveplane_state_dir": args.state_dir,
         "fiveplane_instance": args.instance,
         "fiveplane_state": args.state,
+        "fiveplane_control": args.control,
+        "fiveplane_control_token": args.control_token,
         "fiveplane_reload_interval": args.reload_interval,
         "fiveplane_test_faults": args.test_faults,
         "fiveplane_policy": policy,
@@ -217,6 +223,8 @@ async def _serve(args: argparse.Namespace, policy: str, version: str) -> int:
           f"  evidence  {Path(args.state_dir).resolve() / 'audit'}"
           f"  (fiveplane audit verify {Path(args.state_dir) / 'audit'})\n"
           f"  trust     {ca}\n"
+          f"  console   {gate.control.url if gate.control else 'off'}"
+          f" (token in {Path(args.state_dir) / 'control.token'})\n"
           f"  agents    export HTTP_PROXY={url} HTTPS_PROXY={url} SSL_CERT_FILE={ca}",
           flush=True)
     await task

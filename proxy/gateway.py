@@ -11,13 +11,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from .action import Action, Kind
+from .approvals import ApprovalError, ApprovalRequest, ApprovalStore, hold, request_for
 from .audit.policy_store import PolicyStore
 from .audit.writer import Commit
 from .codec import BodyError, decode_body
@@ -91,18 +92,21 @@ class RequestResult:
     judged: Judged | None = None
     commit: Commit | None = None             # durability of the decision's record
     body: bytes | None = None                # the body to forward instead (redacted)
+    hold: ApprovalRequest | None = None      # held for a human: resolve_hold() decides
 
     @property
     def forwarded(self) -> bool:
-        return self.reply is None
+        return self.reply is None and self.hold is None
 
 
 class Gateway:
     def __init__(self, policy: CompiledPolicy, evidence: Evidence, *, instance: str = "local",
                  policy_path: str | Path | None = None, store: StateStore | None = None,
                  policies: PolicyStore | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 approvals: ApprovalStore | None = None) -> None:
         self._clock = clock  # replay passes the capture's clock
+        self.approvals = approvals
         self._policies = policies
         if policies is not None:
             policies.put(policy.source)  # every enforced version stays re-decidable
@@ -311,20 +315,24 @@ class Gateway:
 
     def _recorded(self, action: Action | None, decision: Decision, start: int,
                   outcome: str | None, *, adjudicated: bool = True,
-                  enforced: Decision | None = None) -> tuple[str, Decision, Commit]:
+                  enforced: Decision | None = None,
+                  approval: Mapping[str, Any] | None = None) -> tuple[str, Decision, Commit]:
         """Record ``decision`` (what the adjudicator decided, re-decidable from the
         record) and ``enforced`` (what the proxy does, when different: a budget refusal,
         an unrealized primitive)."""
         adjudicated_ns = time.perf_counter_ns()
         decision_id = uuid.uuid4().hex
-        enforced = enforced if enforced is not None else realize(decision)
+        if enforced is None:
+            enforced = decision if self._holds(decision) else realize(decision)
         if outcome is None:
-            outcome = "forwarded" if enforced.verdict.proceeds else "denied"
+            outcome = ("held" if self._holds(enforced) else
+                       "forwarded" if enforced.verdict.proceeds else "denied")
         commit = self._evidence.record(
             action, decision, outcome=outcome, decision_id=decision_id,
             enforced=None if enforced is decision else enforced, adjudicated=adjudicated,
             adjudication_us=(adjudicated_ns - start) / 1000,
-            total_us=(time.perf_counter_ns() - start) / 1000)
+            total_us=(time.perf_counter_ns() - start) / 1000,
+            extra={"approval": dict(approval)} if approval else None)
         if commit.error is not None:
             log.error("%s", commit.error)
             return decision_id, make_decision(
@@ -332,6 +340,10 @@ class Gateway:
                 f"the decision could not be recorded, so it is not acted on: {commit.error}",
                 decision.policy_version, Plane.REASONING), commit
         return decision_id, enforced, commit
+
+    def _holds(self, decision: Decision) -> bool:
+        """Escalations wait for a person when there is an approval store to ask."""
+        return decision.verdict is Verdict.ESCALATE and self.approvals is not None
 
     def may_call_tool(self, action: Action) -> bool:
         return self._adjudicator.may_call_tool(action)
@@ -412,6 +424,21 @@ class Gateway:
             action, body = scanned
         judged = self.judge(action)
         action, decision_id, decision = judged.action, judged.decision_id, judged.decision
+        if self._holds(decision):
+            assert self.approvals is not None
+            try:
+                request = request_for(self.approvals, action, decision,
+                                      timeout=policy.approval_timeout, body=view.body,
+                                      query=view.path.partition("?")[2], now=self._clock())
+            except (ApprovalError, StateError, ValueError) as e:
+                decision_id, decision, commit = self._refusal(
+                    action, "approvals.unavailable",
+                    f"{decision.reason}; the approval request could not be created: {e}")
+                reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
+                                   rpc_id=action.rpc_id)
+                return RequestResult(action, decision_id, decision, reply, strip, commit=commit)
+            return RequestResult(action, decision_id, decision, None, strip, judged=judged,
+                                 body=body, hold=request)
         if decision.verdict.proceeds:
             inject = credential_for(action, policy.identity)
             return RequestResult(action, decision_id, decision, None, strip, inject, judged,
@@ -421,6 +448,54 @@ class Gateway:
         if decision.rule_ids == ("identity.anonymous",) and action.kind is Kind.HTTP:
             reply = challenge(reply)
         return RequestResult(action, decision_id, decision, reply, strip, judged=judged)
+
+    async def resolve_hold(self, result: RequestResult,
+                           check: Callable[[], str | None] | None = None) -> RequestResult:
+        """Wait for a person to decide a held call (other flows keep moving), then let it
+        through or deny it. ``check`` ends the hold early (client gone, session killed);
+        then nothing is forwarded and the approval, if any, stays unused."""
+        assert result.hold is not None and result.action is not None
+        assert self.approvals is not None
+        action = result.action
+
+        def stop() -> str | None:
+            reason = check() if check is not None else None
+            if reason:
+                return reason
+            return self.store.killed(action.session, principal_digest(action.principal))
+
+        try:
+            outcome = await hold(self.approvals, result.hold, check=stop)
+        except (ApprovalError, StateError) as e:
+            decision_id, decision = self.refuse(action, "approvals.unavailable",
+                                                f"the approval could not be read: {e}")
+            return replace(result, hold=None, decision_id=decision_id, decision=decision,
+                           reply=deny_reply(decision, decision_id,
+                                            mcp=action.kind is Kind.MCP, rpc_id=action.rpc_id))
+        decision = outcome.decision(result.decision)
+        enforced: Decision | None = None
+        charged: list[Charge] = []
+        if decision.verdict.proceeds:
+            enforced = self._charge(action, decision, charged)
+        start = time.perf_counter_ns()
+        decision_id, final, commit = self._recorded(
+            action, decision, start, None, adjudicated=False, enforced=enforced,
+            approval=outcome.to_record())
+        if final.verdict.proceeds:
+            try:
+                await commit.wait()
+            except AuditError as e:
+                self._release(charged, action.at)
+                final = self.cancel(Judged(action, decision_id, final, commit), e)
+        if not final.verdict.proceeds:
+            self._release(charged, action.at)
+            reply = deny_reply(final, decision_id, mcp=action.kind is Kind.MCP,
+                               rpc_id=action.rpc_id)
+            return replace(result, hold=None, decision_id=decision_id, decision=final,
+                           reply=reply)
+        self._apply(action, result.decision)
+        return replace(result, hold=None, decision_id=decision_id, decision=final, reply=None,
+                       inject=credential_for(action, self.policy.identity))
 
     # --- data plane -------------------------------------------------------------------------
 

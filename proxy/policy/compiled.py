@@ -46,6 +46,7 @@ class CompiledPolicy:
     tainted_args: frozenset[str] = frozenset()     # arguments some rule checks for taint
     provenance_ttl: float | None = None
     data: DataConfig | None = None                 # detectors and what to do when they fire
+    approval_timeout: float = 300.0                # seconds a held call waits for a person
 
     def untrusted_output(self, action: Action) -> bool:
         """Whether the result of ``action`` is untrusted content."""

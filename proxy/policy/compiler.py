@@ -380,6 +380,7 @@ def compile_text(text: str, filename: str = "<policy>", *,
         tainted_args=frozenset().union(*(r.tainted_args for r in rules)),
         provenance_ttl=doc.get("provenance", {}).get("ttl"),
         data=data,
+        approval_timeout=float(defaults.get("approval_timeout", 300.0)),
         rules=tuple(rules),
         servers=servers,
     )

@@ -37,7 +37,9 @@ def open_store(spec: str | Path, *, shared: bool = False) -> StateStore:
 
     ``memory:`` — ``MemoryStore``; ``sqlite::memory:`` / ``:memory:`` — a private
     in-memory SQLite database; ``sqlite:PATH``, ``sqlite:///ABS/PATH`` or a plain path —
-    ``SqliteStore(PATH, shared=shared)``; ``redis://…`` — not built yet (``StateError``).
+    ``SqliteStore(PATH, shared=shared)``; ``redis://HOST:PORT/DB`` (also ``rediss://``,
+    ``unix://``) — ``RedisStore`` (needs the ``redis`` package; ``StateError`` when Redis
+    cannot be reached).
     """
     text = str(spec).strip()
     if not text:
@@ -45,7 +47,11 @@ def open_store(spec: str | Path, *, shared: bool = False) -> StateStore:
     if text in ("memory:", "memory://"):
         return MemoryStore()
     if text.startswith(("redis://", "rediss://", "unix://")):
-        raise StateError(f"state store {text}: the Redis backend is not available yet")
+        try:
+            from .redis_store import RedisStore
+        except ImportError as e:
+            raise StateError(f"state store {text}: {e}") from None
+        return RedisStore(text)
     if text.startswith("sqlite://"):
         text = text[len("sqlite://"):] or ":memory:"
     elif text.startswith("sqlite:"):

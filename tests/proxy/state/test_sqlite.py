@@ -3,6 +3,7 @@ failures as ``StateError``."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -180,7 +181,10 @@ def test_open_store_specs(tmp_path: Path) -> None:
         store = open_store(spec, shared=True)
         assert isinstance(store, SqliteStore) and store.shared and store.journal_mode == "wal"
         store.close()
+    with socket.socket() as s:  # a port nothing listens on: an unreachable Redis
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
     with pytest.raises(StateError, match="Redis"):
-        open_store("redis://127.0.0.1:6379/0")
+        open_store(f"redis://127.0.0.1:{free}/0")
     with pytest.raises(StateError):
         open_store("  ")
