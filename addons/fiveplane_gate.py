@@ -334,6 +334,10 @@ class FiveplaneGate:
             self._governors[flow.id] = scanner  # type: ignore[assignment]
             flow.response.stream = self._plain_stream(flow, scanner)
             return
+        refused = self.gw().session_created(action, flow.response.headers.get("mcp-session-id"))
+        if refused is not None:
+            _respond(flow, refused)
+            return
         if not sse:
             return
         governor = self.gw().governor(action)

@@ -28,6 +28,9 @@ from .engine import Adjudicator
 from .errors import AuditError, PolicyError
 from .evidence import Evidence
 from .identity.config import credential_for, headers_to_strip, principal_for, token_from_headers
+from .mcp.base import server_identity
+from .mcp.guard import Hold, McpGuard, Note
+from .mcp.shadow import shadow_scope
 from .mcp_response import ResponseGovernor
 from .policy import CompiledPolicy, compile_file
 from .policy.rules import make_decision
@@ -36,6 +39,7 @@ from .principal import ANONYMOUS, Principal
 from .replies import Reply, challenge, deny_reply
 from .state import (
     ANONYMOUS_DIGEST,
+    MCP_SESSION_HEADER,
     SESSION_HEADER,
     BudgetKey,
     MemoryStore,
@@ -113,6 +117,7 @@ class Gateway:
         self._adjudicator = Adjudicator(policy)
         self.store: StateStore = store if store is not None else MemoryStore()
         self._evidence = evidence
+        self.mcp = McpGuard(policy.mcp, self.store, clock=clock)
         self.instance = instance
         self.policy_path = Path(policy_path) if policy_path else None
 
@@ -127,6 +132,7 @@ class Gateway:
             self._policies.put(policy.source)  # stored before it is enforced
         # One attribute store: readers see the old or the new policy, never a mix.
         self._adjudicator = Adjudicator(policy)
+        self.mcp.config = policy.mcp
 
     def reload(self) -> PolicyError | None:
         """Recompile the policy file; keep the last good policy if it does not compile."""
@@ -416,6 +422,12 @@ class Gateway:
             return RequestResult(None, decision_id, decision, reply, strip, commit=commit)
         if addresses:
             action = replace(action, addresses=addresses)
+        if action.kind is Kind.MCP:
+            held = self._mcp_hold(action, dict(view.headers).get(MCP_SESSION_HEADER))
+            if held is not None:
+                decision_id, decision = held
+                reply = deny_reply(decision, decision_id, mcp=True, rpc_id=action.rpc_id)
+                return RequestResult(action, decision_id, decision, reply, strip)
         body: bytes | None = None
         if policy.data is not None:
             scanned = self._scan_request(action, view, policy.data)
@@ -496,6 +508,45 @@ class Gateway:
         self._apply(action, result.decision)
         return replace(result, hold=None, decision_id=decision_id, decision=final, reply=None,
                        inject=credential_for(action, self.policy.identity))
+
+    # --- MCP: pins, screening, shadowing, session binding -------------------------------------
+
+    def _mcp_hold(self, action: Action, session_id: str | None) -> tuple[str, Decision] | None:
+        server = server_identity(action)
+        hold = self.mcp.session_hold(server, session_id, principal_digest(action.principal))
+        if hold is None and action.mcp_method == "tools/call":
+            hold = self.mcp.call_hold(server, action.name, scope=shadow_scope(action))
+        if hold is None:
+            return None
+        return self.hold(action, hold)
+
+    def session_created(self, action: Action, session_id: str | None) -> Reply | None:
+        """An MCP response hands out ``Mcp-Session-Id``: bind it to the principal that
+        asked, so another principal presenting it is refused (``mcp.session_hijack``)."""
+        hold = self.mcp.session_created(server_identity(action), session_id,
+                                        principal_digest(action.principal))
+        if hold is None:
+            return None
+        decision_id, decision = self.hold(action, hold)
+        return deny_reply(decision, decision_id, mcp=True, rpc_id=action.rpc_id)
+
+    def hold(self, action: Action | None, hold: Hold) -> tuple[str, Decision]:
+        """A refusal the MCP guard asks for (a changed pin awaiting review, a poisoned
+        tool, a hijacked session id). Pin reviews are approved with ``fiveplane pins``."""
+        reason = hold.reason
+        if hold.verdict is Verdict.ESCALATE:
+            reason = f"{reason} (held for review: escalate, enforced as deny until approved)"
+        return self.refuse(action, hold.rule_id, reason)
+
+    def note(self, action: Action | None, note: Note) -> str | None:
+        """Evidence of what the MCP guard saw (first pins, screening findings, shadowing)."""
+        decision = make_decision(note.verdict, note.rule_ids, note.reason,
+                                 self.policy.version, Plane.REASONING)
+        decision_id = uuid.uuid4().hex
+        commit = self._evidence.record(
+            action, decision, outcome=note.outcome, decision_id=decision_id,
+            adjudicated=False, extra={"mcp": json.loads(json.dumps(note.detail, default=str))})
+        return None if commit.error is not None else decision_id
 
     # --- data plane -------------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ from .action import NAMED_METHODS, Action, Kind, StopPoint
 from .codec import BodyError, SseParser, loads_strict, sse_encode
 from .decision import Decision
 from .dlp import redact_json
+from .mcp.base import server_identity
+from .mcp.shadow import shadow_scope
 from .replies import jsonrpc_error, sse_error_event
 
 _DROP: Any = object()  # a denied server notification: withhold this one event
@@ -41,6 +43,13 @@ class Judge(Protocol):
 
     @property
     def policy(self) -> Any: ...
+
+    @property
+    def mcp(self) -> Any: ...
+
+    def note(self, action: Action | None, note: Any) -> str | None: ...
+
+    def hold(self, action: Action | None, hold: Any) -> tuple[str, Decision]: ...
 
 
 class ResponseGovernor:
@@ -186,6 +195,10 @@ class ResponseGovernor:
         if not isinstance(method, str):
             self._refuse("mediation.jsonrpc_invalid", "server message with a non-string method")
             return self.cut
+        if method == "notifications/tools/list_changed":
+            note = self._judge.mcp.list_changed(server_identity(self.request))
+            if note is not None:
+                self._judge.note(self.request, note)
         name = ""
         if isinstance(params, dict):
             key = NAMED_METHODS.get(method)
@@ -201,6 +214,20 @@ class ResponseGovernor:
         return decision_id, decision
 
     def _filter_tools(self, msg: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
+        guard = self._judge.mcp
+        report = guard.tools_listed(
+            server_identity(self.request), result["tools"], scope=shadow_scope(self.request),
+            complete="nextCursor" not in result and not self.request.extra.get("cursor"))
+        for note in report.notes:
+            self._judge.note(self.request, note)
+        if report.refuse is not None:
+            response = replace(self.request, kind=Kind.RESPONSE, stop=StopPoint.RESPONSE_BODY)
+            self.cut = self._judge.hold(response, report.refuse)
+            return msg
+        if report.strip:
+            result = report.apply(result)
+            self.removed_tools.extend(sorted(report.strip))
+            msg = {**msg, "result": result}
         kept = []
         for tool in result["tools"]:
             name = tool.get("name") if isinstance(tool, dict) else None
@@ -210,7 +237,7 @@ class ResponseGovernor:
                 kept.append(tool)
             else:
                 self.removed_tools.append(str(name))
-        if not self.removed_tools:
+        if len(kept) == len(result["tools"]):
             return msg
         return {**msg, "result": {**result, "tools": kept}}
 

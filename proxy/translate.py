@@ -118,7 +118,7 @@ def translate_request(view: RequestView, policy: CompiledPolicy) -> Action | Ref
         return base
     if method != "POST":
         return Refusal("mcp_bad_method", f"MCP endpoints take POST, GET or DELETE, not {method}")
-    return _jsonrpc(base, server, body, headers)
+    return translate_jsonrpc(base, server, body, headers)
 
 
 def _is_json(headers: Mapping[str, str]) -> bool:
@@ -182,7 +182,7 @@ def _decode_header_value(value: str) -> str:
     return value
 
 
-def _jsonrpc(
+def translate_jsonrpc(
     base: Action, server: str, body: bytes, headers: Mapping[str, str]
 ) -> Action | Refusal:
     try:

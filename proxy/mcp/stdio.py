@@ -53,7 +53,7 @@ from .shadow import shadow_scope
 log = logging.getLogger("fiveplane.wrap")
 # One JSON-RPC message → Action, exactly as an HTTP body (the public name once translate
 # exports it, else the module's own helper).
-_jsonrpc = getattr(_translate, "translate_jsonrpc", None) or _translate._jsonrpc
+_jsonrpc = _translate.translate_jsonrpc
 
 MAX_LINE = 16 * 1024 * 1024
 TOKEN_ENV = "FIVEPLANE_TOKEN"

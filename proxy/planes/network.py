@@ -115,6 +115,8 @@ class NetworkPlane:
         return dataclasses.replace(rule, id=rule_id, reason=reason, decision=decision)
 
     def hits(self, action: Action, out: list[Rule], errors: list[str]) -> None:
+        if action.scheme == "stdio":
+            return  # a wrapped stdio server: no network destination
         # The verdict depends only on these fields and the policy is immutable: memoize it.
         key = (action.host, action.port, action.scheme, action.addresses,
                action.kind is Kind.CONNECT)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..action import Action
 from ..decision import Decision
 from ..dlp.policy import DataConfig
 from ..identity.config import IdentityConfig
 from ..identity.plane import IdentityPlane
+from ..mcp.config import McpConfig
 from ..planes.endpoint import EndpointPlane
 from ..planes.network import NetworkPlane
 from .match import CompiledMatch
@@ -47,6 +48,7 @@ class CompiledPolicy:
     provenance_ttl: float | None = None
     data: DataConfig | None = None                 # detectors and what to do when they fire
     approval_timeout: float = 300.0                # seconds a held call waits for a person
+    mcp: McpConfig = field(default_factory=McpConfig)  # pinning, screening, shadowing, binding
 
     def untrusted_output(self, action: Action) -> bool:
         """Whether the result of ``action`` is untrusted content."""

@@ -30,6 +30,7 @@ from ..dlp.policy import compile_data
 from ..errors import PolicyError, PolicyIssue
 from ..identity.config import IdentityConfig, compile_identity
 from ..identity.plane import IdentityPlane, compile_principal_match
+from ..mcp.config import McpConfig, compile_mcp
 from ..netaddr import METADATA_NETWORKS, HostError, normalize_host
 from ..paths import normalize_path
 from ..planes.endpoint import ANY, EndpointPlane
@@ -334,6 +335,13 @@ def compile_text(text: str, filename: str = "<policy>", *,
             continue
         if rule is not None:
             rules.append(rule)
+    mcp = McpConfig()
+    try:
+        mcp, found = compile_mcp(doc.get("mcp"))
+        for code, message, where in found:
+            ctx.issue(code, message, where)
+    except tolerated:
+        pass
     data = None
     try:
         data, found = compile_data(doc.get("data"))
@@ -380,6 +388,7 @@ def compile_text(text: str, filename: str = "<policy>", *,
         tainted_args=frozenset().union(*(r.tainted_args for r in rules)),
         provenance_ttl=doc.get("provenance", {}).get("ttl"),
         data=data,
+        mcp=mcp,
         approval_timeout=float(defaults.get("approval_timeout", 300.0)),
         rules=tuple(rules),
         servers=servers,

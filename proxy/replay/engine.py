@@ -269,7 +269,8 @@ class Lane:
             notes.extend(self._request(flow))
         else:
             self._response(flow)
-        rows = [self._row(flow, rec, notes) for rec in self.sink.records]
+        # MCP guard notes (first pins, screening findings) are evidence, not decisions
+        rows = [self._row(flow, rec, notes) for rec in self.sink.records if "mcp" not in rec]
         self.sink.records.clear()
         if phase == "response":
             self._next.pop(flow.index, None)

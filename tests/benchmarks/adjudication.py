@@ -358,6 +358,7 @@ def run(quick: bool = False, sizes: tuple[int, ...] = SIZES, log: Callable[[str]
          "mean µs", "target (N = 1,000)"],
         rows, align=["l"] + ["r"] * 7 + ["l"]))
 
+    section.data["p50_us"] = {r.n_rules: p50s[r.label] for r in runs}
     first, last = runs[0], runs[-1]
     growth = p50s[last.label] / p50s[first.label] if p50s[first.label] > 0 else float("inf")
     notes = [

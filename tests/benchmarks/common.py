@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent.parent
@@ -68,6 +69,7 @@ class Section:
     title: str
     blocks: list[str] = field(default_factory=list)
     missed: list[str] = field(default_factory=list)   # human-readable missed targets
+    data: dict[str, Any] = field(default_factory=dict)  # figures for plots and other sections
 
     def add(self, text: str) -> None:
         self.blocks.append(text.rstrip())

@@ -10,6 +10,9 @@ transport fixes for benchmarking, applied by patching uvicorn before ``main()`` 
 * a 600 s HTTP keep-alive instead of uvicorn's 5 s: the interleaved rounds leave each
   client idle for seconds, and a dropped connection would charge a reconnect (through a
   proxy: also a new upstream connection) to the first request of a chunk.
+* up to 50,000 open sessions instead of the MCP SDK's 10,000 (``DEFAULT_MAX_SESSIONS``;
+  beyond it the server answers ``503 Too many open sessions``): the memory curve keeps
+  10,000 sessions (plus warm-up) open at once.
 
 Same arguments and ready line as the original.
 """
@@ -26,9 +29,11 @@ E2E_DIR = Path(__file__).resolve().parent.parent / "e2e"
 sys.path.insert(0, str(E2E_DIR))
 
 import uvicorn  # noqa: E402
+from mcp.server import streamable_http_manager as shm  # noqa: E402
 from servers import mcp_server  # noqa: E402
 
 KEEP_ALIVE_S = 600
+MAX_SESSIONS = 50_000
 
 _serve = uvicorn.Server.serve
 
@@ -41,6 +46,17 @@ async def _serve_nodelay(self: uvicorn.Server, sockets: list[socket.socket] | No
 
 
 uvicorn.Server.serve = _serve_nodelay  # type: ignore[method-assign]
+_manager_init = shm.StreamableHTTPSessionManager.__init__
+
+
+def _manager_init_more(self: Any, *args: Any, **kwargs: Any) -> None:
+    # the SDK passes its default explicitly (lowlevel Server.streamable_http_app)
+    if kwargs.get("max_sessions", shm.DEFAULT_MAX_SESSIONS) == shm.DEFAULT_MAX_SESSIONS:
+        kwargs["max_sessions"] = MAX_SESSIONS
+    _manager_init(self, *args, **kwargs)
+
+
+shm.StreamableHTTPSessionManager.__init__ = _manager_init_more  # type: ignore[method-assign]
 uvicorn.Config = functools.partial(uvicorn.Config, timeout_keep_alive=KEEP_ALIVE_S)  # type: ignore[misc]
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ FIVEPLANE_READY = r"listening on http://127\.0\.0\.1:(\d+)"
 READY_TIMEOUT = 60.0
 
 FULL_N = 1_000
-QUICK_N = 300
+QUICK_N = 200
 WARMUP = 100
 ROUNDS = 10
 TARGET_RATIO = 1.10
@@ -82,9 +82,13 @@ ECHO_TEXT = "fiveplane-bench"
 KEEP_ALIVE_S = 600.0
 
 NOOP = "noop-addon"
+CF = "contextforge"
 TARGETS = ("direct", "mitmdump", NOOP, "fiveplane")
 TARGET_LABEL = {"direct": "direct", "mitmdump": "mitmdump", NOOP: "mitmdump + no-op addon",
-                "fiveplane": "fiveplane"}
+                "fiveplane": "fiveplane", CF: "IBM ContextForge (gateway)"}
+CF_FULL_N = 200             # ContextForge answers in tens of ms: fewer requests
+CF_QUICK_N = 50
+CF_WARMUP = 20
 SCENARIOS = ("http", "mcp-2026", "mcp-2025")
 SCENARIO_LABEL = {
     "http": "HTTP GET (plain upstream)",
@@ -163,6 +167,20 @@ class Processes:
                                    f"{proc.returncode}):\n{p.output()[-4000:]}")
             time.sleep(0.02)
 
+    def start_env(self, name: str, argv: Sequence[Any], env: dict[str, str],
+                  cwd: Path | None = None) -> Proc:
+        """Start with an explicit environment and no ready line (the caller polls)."""
+        log = self.log_dir / f"{name}.log"
+        with open(log, "wb") as fh:
+            proc = subprocess.Popen(
+                [str(a) for a in argv], stdin=subprocess.DEVNULL, stdout=fh,
+                stderr=subprocess.STDOUT, env=env, cwd=str(cwd or REPO_ROOT),
+                start_new_session=True,
+            )
+        p = Proc(name, [str(a) for a in argv], proc, log)
+        self.procs.append(p)
+        return p
+
     def stop_all(self) -> None:
         while self.procs:
             self.procs.pop().stop()
@@ -209,13 +227,31 @@ class Series:
                 lat.append(t1 - t0)
 
 
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children.get(p, [])
+    return out
+
+
 def proxy_cpu_ns(pid: int) -> int:
-    """CPU time (ns) used so far by all threads of ``pid`` (scheduler accounting: exact,
-    unlike the 10 ms ticks of /proc/PID/stat)."""
+    """CPU time (ns) used so far by all threads of ``pid`` and of its descendant processes
+    (ContextForge runs worker pools; the proxies have none) — scheduler accounting: exact,
+    unlike the 10 ms ticks of /proc/PID/stat."""
     total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int((task / "schedstat").read_text().split()[0])
+    for p in _descendants(pid):
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{p}/task").iterdir():
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    total += int((task / "schedstat").read_text().split()[0])
     return total
 
 
@@ -240,9 +276,9 @@ def _check_echo(resp: httpx.Response) -> str | None:
     return None if text == ECHO_TEXT else f"echoed {text!r}"
 
 
-def _bodies(count: int, legacy: bool) -> list[bytes]:
+def _bodies(count: int, legacy: bool, tool: str = "echo") -> list[bytes]:
     """Pre-encoded tools/call bodies with distinct ids (built before timing)."""
-    params = {"name": "echo", "arguments": {"text": ECHO_TEXT}}
+    params = {"name": tool, "arguments": {"text": ECHO_TEXT}}
     out = []
     for i in range(count):
         if legacy:
@@ -255,11 +291,13 @@ def _bodies(count: int, legacy: bool) -> list[bytes]:
 
 
 def make_series(scenario: str, target: str, proxy_url: str | None, upstream_url: str,
-                mcp_url: str, total: int) -> Series:
+                mcp_url: str, total: int, tool: str = "echo",
+                client_headers: dict[str, str] | None = None) -> Series:
     # httpx drops idle keep-alive connections after 5 s by default; the interleaved
     # rounds idle each client longer than that.
     client = httpx.Client(proxy=proxy_url, trust_env=False, timeout=30.0,
-                          limits=httpx.Limits(keepalive_expiry=KEEP_ALIVE_S))
+                          limits=httpx.Limits(keepalive_expiry=KEEP_ALIVE_S),
+                          headers=client_headers)
     if scenario == "http":
         url = upstream_url + "/bench"
         get = client.get
@@ -267,14 +305,14 @@ def make_series(scenario: str, target: str, proxy_url: str | None, upstream_url:
     post = client.post
     base = {"Content-Type": "application/json", "Accept": JSONRPC_ACCEPT}
     if scenario == "mcp-2026":
-        _, headers = modern_request("tools/call", {"name": "echo", "arguments": {}})
+        _, headers = modern_request("tools/call", {"name": tool, "arguments": {}})
         headers = {**base, **headers}
-        bodies = _bodies(total, legacy=False)
+        bodies = _bodies(total, legacy=False, tool=tool)
     else:
         session = legacy_handshake(client, mcp_url, protocol_version=LEGACY_VERSION,
                                    client_name=f"bench-{target}")
         headers = {**base, "Mcp-Session-Id": session, "MCP-Protocol-Version": LEGACY_VERSION}
-        bodies = _bodies(total, legacy=True)
+        bodies = _bodies(total, legacy=True, tool=tool)
     return Series(scenario, target, client,
                   lambda i: post(mcp_url, content=bodies[i], headers=headers), _check_echo)
 
@@ -461,11 +499,19 @@ def _evidence_timing(path: Path) -> dict[str, tuple[int, float, float]]:
 
 
 def run(quick: bool = False, log: Callable[[str], None] = print,
-        profile: bool | None = None) -> Section:
-    """``profile``: True always, False never, None (default) when the target is missed."""
+        profile: bool | None = None, contextforge: bool = True) -> Section:
+    """``profile``: True always, False never, None (default) when the target is missed.
+    ``contextforge``: also measure the MCP scenarios through IBM ContextForge (its peer
+    venv must exist, see ``peers.py``)."""
+    import peers
+
     n = QUICK_N if quick else FULL_N
     per_round = n // ROUNDS
-    section = Section("Proxy overhead: direct vs. bare mitmdump vs. fiveplane")
+    cf_n = CF_QUICK_N if quick else CF_FULL_N
+    section = Section("Proxy overhead: direct vs. bare mitmdump vs. fiveplane"
+                      + (" (and IBM ContextForge)" if contextforge else ""))
+    gw = None
+    cf_note = "" if contextforge else "not run (`--no-contextforge`)"
     old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     tmp = tempfile.TemporaryDirectory(prefix="fiveplane-bench-")
     work = Path(tmp.name)
@@ -511,28 +557,56 @@ def run(quick: bool = False, log: Callable[[str], None] = print,
         if problems:
             raise AssertionError("fiveplane does not govern as expected: " + "; ".join(problems))
 
+        if contextforge:
+            from contextforge import sanity as cf_sanity
+            from contextforge import start as cf_start
+            cf_py = peers.python("contextforge")
+            if cf_py is None:
+                cf_note = f"not run: {peers.missing_reason('contextforge')}"
+            else:
+                try:
+                    gw = cf_start(procs, work, cf_py, mcp.port, _child_env(), log)
+                    bad = cf_sanity(gw, JSONRPC_ACCEPT)
+                    if bad:
+                        raise RuntimeError("; ".join(bad))
+                except RuntimeError as e:
+                    cf_note = f"could not run: {e}"
+                    gw = None
+                    log(f"  proxy: ContextForge {cf_note[:300]}")
+
+        def targets_for(sc: str) -> tuple[str, ...]:
+            return (*TARGETS, CF) if gw is not None and sc != "http" else TARGETS
+
         table: dict[tuple[str, str], Series] = {}
         for sc in SCENARIOS:
-            for t in TARGETS:
-                proxy = proxies.get(t)
-                s = make_series(sc, t, proxy and f"http://127.0.0.1:{proxy.port}", upstream_url,
-                                mcp_url, WARMUP + n)
-                s.proxy_pid = proxy and proxy.proc.pid
+            for t in targets_for(sc):
+                if t == CF:
+                    assert gw is not None
+                    s = make_series(sc, t, None, upstream_url, gw.url, CF_WARMUP + cf_n,
+                                    tool=gw.tool, client_headers=gw.headers)
+                    s.proxy_pid = gw.pid
+                else:
+                    proxy = proxies.get(t)
+                    s = make_series(sc, t, proxy and f"http://127.0.0.1:{proxy.port}",
+                                    upstream_url, mcp_url, WARMUP + n)
+                    s.proxy_pid = proxy and proxy.proc.pid
                 table[(sc, t)] = s
                 series.append(s)
         for s in series:
-            s.run(WARMUP, timed=False)
-        log(f"  proxy: warm-up done ({WARMUP} requests x {len(series)} series)")
+            s.run(CF_WARMUP if s.target == CF else WARMUP, timed=False)
+        log(f"  proxy: warm-up done ({WARMUP} requests x {len(series)} series"
+            + (f", {CF_WARMUP} for ContextForge" if gw else "") + ")")
 
         for rnd in range(ROUNDS):
-            k = rnd % len(TARGETS)
-            order = TARGETS[k:] + TARGETS[:k]
             for sc in SCENARIOS:
-                for t in order:
+                ts = targets_for(sc)
+                k = rnd % len(ts)
+                for t in ts[k:] + ts[:k]:
                     gc.collect()
                     gc.disable()
                     try:
-                        table[(sc, t)].run(per_round, timed=True)
+                        table[(sc, t)].run(cf_n // ROUNDS if t == CF else per_round,
+                                           timed=True)
                     finally:
                         gc.enable()
             log(f"  proxy: round {rnd + 1}/{ROUNDS} done")
@@ -564,11 +638,19 @@ def run(quick: bool = False, log: Callable[[str], None] = print,
 
     rows = []
     summary = []
+    peer_rows = []
     for sc in SCENARIOS:
-        st = {t: _stats(table[(sc, t)].latencies_ns) for t in TARGETS}
+        ts = [t for t in (*TARGETS, CF) if (sc, t) in table]
+        st = {t: _stats(table[(sc, t)].latencies_ns) for t in ts}
         cpu = {t: table[(sc, t)].proxy_cpu_ns / 1e3 / max(1, len(table[(sc, t)].latencies_ns))
-               for t in TARGETS}
-        for t in TARGETS:
+               for t in ts}
+        if CF in st:
+            c, f = st[CF], st["fiveplane"]
+            peer_rows.append([SCENARIO_LABEL[sc], f"{c['n']:,} / {f['n']:,}", fmt(c["p50"], 3),
+                              fmt(f["p50"], 3), f"**{c['p50'] / f['p50']:,.1f}x**",
+                              fmt(c["p99"], 3), fmt(f["p99"], 3), fmt(c["rps"], 0),
+                              fmt(f["rps"], 0), fmt(cpu[CF], 0), fmt(cpu["fiveplane"], 0)])
+        for t in ts:
             added = st[t]["p50"] - st["direct"]["p50"]
             ratio = st[t]["p50"] / st["mitmdump"]["p50"]
             rows.append([SCENARIO_LABEL[sc] if t == "direct" else "", TARGET_LABEL[t],
@@ -597,6 +679,28 @@ def run(quick: bool = False, log: Callable[[str], None] = print,
          "p50 added ms vs direct", "proxy CPU ratio", "proxy CPU added µs/req",
          "of which: no-op hooks µs/req", "target (p50 ratio)"], summary,
         align=["l"] + ["r"] * 7 + ["l"]))
+    if contextforge:
+        if peer_rows:
+            assert gw is not None
+            section.data["contextforge"] = {"version": gw.version, "startup_s": gw.startup_s}
+            section.add(
+                f"Peer gateway, same run: IBM ContextForge {gw.version} vs. fiveplane, MCP "
+                "`tools/call echo` (ContextForge: virtual server exposing only the echo tool = "
+                "the allow rule; fiveplane: the bench policy):\n\n" + md_table(
+                    ["scenario", "requests CF / fiveplane", "ContextForge p50 ms",
+                     "fiveplane p50 ms", "p50 ratio CF / fiveplane", "ContextForge p99 ms",
+                     "fiveplane p99 ms", "ContextForge req/s", "fiveplane req/s",
+                     "ContextForge CPU µs/req (process tree)", "fiveplane CPU µs/req"],
+                    peer_rows, align=["l"] + ["r"] * 10)
+                + f"\n\n- ContextForge: {cf_n} timed requests per scenario ({ROUNDS} rounds, "
+                f"rotating with the other targets), {CF_WARMUP} warm-up; a *reverse* gateway: "
+                "the client talks MCP to `/servers/<id>/mcp` with an admin JWT, ContextForge "
+                "calls the same MCP server; SQLite in the run's temp dir, in-memory cache (no "
+                "Redis), stateful sessions on, rate limiting off (default: HTTP 429 after 100 "
+                f"MCP requests per minute); started in {gw.startup_s:.0f} s (migrations, "
+                "worker pools)")
+        else:
+            section.add(f"IBM ContextForge: {cf_note}")
     if evidence:
         ev_rows = [[k, f"{c:,}", fmt(a, 1), fmt(t, 1)] for k, (c, a, t) in sorted(evidence.items())]
         section.add("Inside fiveplane, from its evidence log (all decisions of the run, incl. "

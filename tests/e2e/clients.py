@@ -230,6 +230,7 @@ def read_evidence(state_dir: str | Path) -> list[dict[str, Any]]:
     first: each record's body, with ``decision_id`` and ``decision.policy_version``
     spelled as in denials (``id`` and ``policy`` in the schema)."""
     import json as _json
+    import time as _time
 
     from proxy.audit.verify import log_files
 
@@ -237,6 +238,14 @@ def read_evidence(state_dir: str | Path) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if not audit.exists():
         return out
+    # Refusals are recorded without waiting for their fsync: let the writer settle.
+    sizes: list[int] = []
+    for _ in range(50):
+        now = [p.stat().st_size for p in log_files(audit)]
+        if now == sizes:
+            break
+        sizes = now
+        _time.sleep(0.1)
     for path in log_files(audit):
         for line in path.read_text().splitlines():
             if not line.strip():

@@ -1204,9 +1204,14 @@ def test_declared_oversized_body_refused_before_upload(env: Env) -> None:
             pass  # a reset counts as closed too
     assert received == b"", received[:200]
     assert time.monotonic() - started < 3
-    records = [r for r in env.evidence() if r["decision"]["rule_ids"] == [
-        "mediation.body_too_large"]]
-    assert any(str(BIG) in r["decision"]["reason"] for r in records), records[-3:]
+    deadline = time.monotonic() + 5  # the refusal is recorded without waiting for fsync
+    while True:
+        records = [r for r in env.evidence() if r["decision"]["rule_ids"] == [
+            "mediation.body_too_large"]]
+        if any(f"{BIG} bytes" in r["decision"]["reason"] for r in records):
+            break
+        assert time.monotonic() < deadline, records[-3:]
+        time.sleep(0.1)
     assert len(srv.calls()) == before
     assert_still_serving(env)
 

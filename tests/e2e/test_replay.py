@@ -309,6 +309,8 @@ def _evidence(state: Path) -> list[dict[str, Any]]:
             entry = json.loads(line)
             if entry.get("type") == "record":
                 body = entry["body"]
+                if "mcp" in (body.get("extra") or {}):
+                    continue  # an MCP guard note (first pins, screening), not a flow's decision
                 out.append({"decision_id": body["id"], "decision": effective(body),
                             "action": body.get("action") or {}})
     return out

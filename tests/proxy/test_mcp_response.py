@@ -23,9 +23,10 @@ rules:
   - {id: roots-ok, match: {server: crm, mcp_method: roots/list}, effect: allow}
 """)
 
+SCHEMA = {"type": "object"}
 TOOLS = {"jsonrpc": "2.0", "id": 1, "result": {"tools": [
-    {"name": "get_customer"}, {"name": "get_secrets"}, {"name": "refund"},
-    {"name": "delete_all"}, {"name": "bad name\u202e"}]}}
+    {"name": n, "inputSchema": SCHEMA}
+    for n in ("get_customer", "get_secrets", "refund", "delete_all", "bad name\u202e")]}}
 
 
 @pytest.fixture

@@ -254,10 +254,11 @@ def test_undeclared_servers_are_named_by_identity(sink: MemorySink) -> None:
     assert server_name_for(policy(POLICY), "other") == "stdio:other"
 
 
-def test_guard_is_optional(sink: MemorySink, poison: SimpleNamespace) -> None:
+def test_the_gateway_screens_even_without_the_relays_guard(sink: MemorySink,
+                                                           poison: SimpleNamespace) -> None:
     relay = make_relay(sink, guard=False)
     (msg,) = list_tools(relay, [*TOOLS, poison.invariant_add])
-    assert [t["name"] for t in msg["result"]["tools"]] == ["echo", "add"]
+    assert [t["name"] for t in msg["result"]["tools"]] == ["echo"]
 
 
 def test_server_ids_and_environment() -> None:

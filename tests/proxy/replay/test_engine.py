@@ -164,8 +164,9 @@ def test_json_response_cut_filter_and_refusals() -> None:
     sampling = {"jsonrpc": "2.0", "id": 1, "result": {
         "resultType": "input_required",
         "inputRequests": {"a": {"method": "sampling/createMessage", "params": {}}}}}
-    tools = {"jsonrpc": "2.0", "id": 2, "result": {"tools": [{"name": "echo"},
-                                                             {"name": "delete_all"}]}}
+    schema = {"type": "object"}
+    tools = {"jsonrpc": "2.0", "id": 2, "result": {"tools": [
+        {"name": "echo", "inputSchema": schema}, {"name": "delete_all", "inputSchema": schema}]}}
     got = rows(
         mcp(1, response=Message(200, JSON, json.dumps(sampling).encode())),
         mcp(2, method="tools/list", name="", response=Message(200, JSON,

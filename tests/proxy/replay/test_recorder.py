@@ -144,8 +144,9 @@ async def test_secrets_kept_on_request(rig: Rig) -> None:
 async def test_refused_and_filtered_flows_keep_what_the_upstream_sent(rig: Rig) -> None:
     denied = request("DELETE")
     await rig.exchange(denied)
-    tools = {"jsonrpc": "2.0", "id": 1, "result": {"tools": [{"name": "echo"},
-                                                             {"name": "delete_all"}]}}
+    schema = {"type": "object"}
+    tools = {"jsonrpc": "2.0", "id": 1, "result": {"tools": [
+        {"name": "echo", "inputSchema": schema}, {"name": "delete_all", "inputSchema": schema}]}}
     listed = rpc({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
     await rig.exchange(listed, ok(json.dumps(tools).encode()))
     one, two = rig.written()
