@@ -188,12 +188,18 @@ class FiveplaneGate:
     async def _guarded_getaddrinfo(self, host: Any, port: Any, *args: Any, **kw: Any) -> Any:
         infos = await self._resolve(host, port, *args, **kw)
         name = host.decode() if isinstance(host, bytes) else str(host)
-        for info in infos:
-            address = str(info[4][0])
-            blocked = self.gw().policy.network.address_verdict(address, int(port or 0), via=name)
-            if blocked is not None:
-                self.gw().refuse(None, blocked.id, blocked.reason)
-                raise OSError(f"fiveplane: {blocked.reason}")
+        try:
+            for info in infos:
+                address = str(info[4][0])
+                blocked = self.gw().policy.network.address_verdict(address, int(port or 0),
+                                                                   via=name)
+                if blocked is not None:
+                    self.gw().refuse(None, blocked.id, blocked.reason)
+                    raise OSError(f"fiveplane: {blocked.reason}")
+        except OSError:
+            raise
+        except Exception as e:  # refuse the connection rather than make it unchecked
+            raise OSError(f"fiveplane: cannot check the resolved address: {e!r}") from e
         return infos
 
     def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
