@@ -233,10 +233,18 @@ class Gateway:
         killed = store.killed(session, digest)
         if killed is not None:
             raise SessionKilled(killed)
-        marks = dict(store.marks(whole))
-        for label, when in store.marks(session).items():
-            if when > marks.get(label, -1.0):
-                marks[label] = when
+        shared, own = store.marks(whole), store.marks(session)
+        marks: Mapping[str, float]
+        if not own or session == whole:
+            marks = shared
+        elif not shared:
+            marks = own
+        else:
+            merged = dict(shared)
+            for label, when in own.items():
+                if when > merged.get(label, -1.0):
+                    merged[label] = when
+            marks = MappingProxyType(merged)
         tainted: frozenset[str] = frozenset()
         names = self.policy.tainted_args.intersection(action.arguments)
         if names:
@@ -244,8 +252,7 @@ class Gateway:
                 name for name in names
                 if store.seen(session, extract_values(action.arguments[name]), now)
                 or store.seen(whole, extract_values(action.arguments[name]), now))
-        return replace(action, session=session, at=now, marks=MappingProxyType(marks),
-                       tainted=tainted)
+        return replace(action, session=session, at=now, marks=marks, tainted=tainted)
 
     def _charge(self, action: Action, decision: Decision,
                 charged: list[Charge]) -> Decision | None:

@@ -97,6 +97,21 @@ class MemoryStore:
     # --- sessions -----------------------------------------------------------------------
 
     def touch(self, session: str, principal_digest: str, now: float) -> None:
+        """Exact (nothing is debounced here): ``list_sessions`` sees every touch."""
+        if type(session) is str and type(now) is float and -math.inf < now < math.inf:
+            # Fast path for a known session of the same principal: both were checked when
+            # stored, so only the update needs the lock.
+            s = self._sessions.get(session)
+            if s is not None and type(principal_digest) is str \
+                    and s.principal == principal_digest:
+                with self._lock:
+                    self._open()
+                    if self._sessions.get(session) is s and s.principal == principal_digest:
+                        if now > s.last_seen:
+                            s.last_seen = now
+                        elif now < s.first_seen:
+                            s.first_seen = now
+                        return
         check_session(session)
         check_principal(principal_digest)
         now = check_time(now)
@@ -138,6 +153,8 @@ class MemoryStore:
 
     def killed(self, session: str, principal_digest: str | None = None) -> str | None:
         self._open()                      # no lock: one atomic dict lookup (or two)
+        if not self._kills:
+            return None
         kill = self._kills.get("s:" + session)
         if kill is None and principal_digest:
             kill = self._kills.get("p:" + principal_digest)

@@ -13,8 +13,14 @@ Consistency model
     SQLite whether another connection committed (``PRAGMA data_version``, about a
     microsecond) and drops the caches if so — exact again, at that cost;
   - several machines: the Redis backend.
-* ``touch`` writes at most once per ``touch_interval`` seconds per session (activity is
-  for listing and idle purge, not for decisions).
+* ``touch`` writes at most once per ``touch_interval`` seconds per session and principal
+  (activity is for listing and idle purge, not for decisions): a per-process cache of the
+  last time written answers the others without a lock or SQL, so the stored ``last_seen``
+  — and so ``list_sessions(active_since)`` and ``purge`` — may lag the latest touch by
+  less than ``touch_interval``. A new session, a new principal or an earlier time is
+  written at once. The cache is kept when another process commits (with ``shared=True``
+  too): otherwise processes sharing the file would clear each other's and write on every
+  touch.
 """
 
 from __future__ import annotations
@@ -145,8 +151,7 @@ class SqliteStore:
         self._check_open()
         if self.shared and self._db.changed_elsewhere():
             self._marks.clear()
-            self._touched.clear()
-            self._load_kills()
+            self._load_kills()    # ``_touched`` is kept: see ``touch``
 
     def _cache_marks(self, session: str, snapshot: MappingProxyType[str, float]) -> None:
         self._marks[session] = snapshot
@@ -157,6 +162,27 @@ class SqliteStore:
     # --- sessions -----------------------------------------------------------------------
 
     def touch(self, session: str, principal_digest: str, now: float) -> None:
+        """Record activity of ``session`` by ``principal_digest`` at ``now``.
+
+        Debounced: when this object wrote the same session for the same principal less than
+        ``touch_interval`` seconds before ``now`` (and not after it), nothing is written —
+        the call is a dict lookup, without the lock or SQL. So the stored ``last_seen``, as
+        ``list_sessions(active_since)`` and ``purge`` see it, lags the latest touch by less
+        than ``touch_interval`` (1 s by default); a session seen for the first time (in this
+        process), a change of principal, or a time earlier than the last write (which may
+        move ``first_seen``) is written at once. A row removed by another process's
+        ``purge`` comes back at the next write, within ``touch_interval``.
+        """
+        # Fast path: the cached entry proves the session and principal valid (they were
+        # checked when written); NaN and infinities fail the interval test and take the
+        # slow path, which rejects them. Entries are tuples replaced whole and
+        # ``OrderedDict.get`` is atomic, so no lock is needed to read one.
+        if type(session) is str and type(now) is float:
+            last = self._touched.get(session)
+            if (last is not None and type(principal_digest) is str
+                    and 0.0 <= now - last[1] < self.touch_interval
+                    and last[0] == principal_digest and self._db.conn is not None):
+                return
         check_session(session)
         check_principal(principal_digest)
         now = check_time(now)
@@ -215,8 +241,11 @@ class SqliteStore:
                 self._sync()
                 kills = self._kills
         else:
-            self._check_open()
+            if self._db.conn is None:
+                self._check_open()
             kills = self._kills          # no lock: replaced whole, read with atomic lookups
+        if not kills:
+            return None                  # the usual case: nothing was ever killed
         reason = kills.get("s:" + session)
         if reason is None and principal_digest:
             reason = kills.get("p:" + principal_digest)
@@ -439,4 +468,5 @@ class SqliteStore:
     def close(self) -> None:
         with self._lock:
             self._marks.clear()
+            self._touched.clear()
             self._db.close()
