@@ -157,36 +157,7 @@ rules:
 
 # A server whose tool logs to the client while it works (notifications/message on the
 # request's SSE stream, 2025 style) before returning its result.
-CHATTY_SERVER = """\
-import json, socket, sys, time
-import anyio, uvicorn
-from mcp.server.mcpserver import Context, MCPServer
-
-mcp = MCPServer("chatty")
-
-@mcp.tool(description="Logs progress to the client, then answers.")
-async def chatty(text: str, ctx: Context) -> str:
-    with open(sys.argv[1], "a") as log:
-        log.write(json.dumps({"tool": "chatty", "arguments": {"text": text}}) + "\\n")
-    await ctx.info(f"working on {text}")
-    return f"done {text}"
-
-async def main():
-    app = mcp.streamable_http_app(streamable_http_path="/mcp", host="127.0.0.1")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    async with anyio.create_task_group() as tg:
-        async def announce():
-            while not server.started:
-                await anyio.sleep(0.01)
-            port = sock.getsockname()[1]
-            print(f"MCP server listening on http://127.0.0.1:{port}/mcp", flush=True)
-        tg.start_soon(announce)
-        await server.serve(sockets=[sock])
-
-anyio.run(main)
-"""
+CHATTY_SERVER = Path(__file__).parent / "servers" / "chatty_server.py"
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,8 +235,7 @@ def env(
         factory = McpServerFactory(launcher, tmp)
         sse = factory.start(name="crm")
         js = factory.start(json_response=True, name="crm-json")
-        chatty_py = tmp / "chatty_server.py"
-        chatty_py.write_text(CHATTY_SERVER)
+        chatty_py = CHATTY_SERVER
         chatty_log = tmp / "chatty-calls.jsonl"
         chatty_log.touch()
         mp = launcher.launch([sys.executable, str(chatty_py), str(chatty_log)], MCP_SERVER_READY)

@@ -109,34 +109,7 @@ rules:
 """
 
 # A tool that logs to the client (notifications/message on the call's SSE stream).
-CHATTY_SERVER = """\
-import socket, sys
-import anyio, uvicorn
-from mcp.server.mcpserver import Context, MCPServer
-
-mcp = MCPServer("chatty")
-
-@mcp.tool(description="Logs progress to the client, then answers.")
-async def chatty(text: str, ctx: Context) -> str:
-    await ctx.info(f"working on {text}")
-    return f"done {text}"
-
-async def main():
-    app = mcp.streamable_http_app(streamable_http_path="/mcp", host="127.0.0.1")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    async with anyio.create_task_group() as tg:
-        async def announce():
-            while not server.started:
-                await anyio.sleep(0.01)
-            port = sock.getsockname()[1]
-            print(f"MCP server listening on http://127.0.0.1:{port}/mcp", flush=True)
-        tg.start_soon(announce)
-        await server.serve(sockets=[sock])
-
-anyio.run(main)
-"""
+CHATTY_SERVER = Path(__file__).parent / "servers" / "chatty_server.py"
 
 
 @dataclass
@@ -329,8 +302,7 @@ def recording(tmp_path_factory: pytest.TempPathFactory, test_ca: TestCA,
         factory = McpServerFactory(launcher, tmp)
         crm = factory.start(name="crm")
         crm_json = factory.start(json_response=True, name="crm-json")
-        chatty_py = tmp / "chatty.py"
-        chatty_py.write_text(CHATTY_SERVER)
+        chatty_py = CHATTY_SERVER
         mp = launcher.launch([sys.executable, str(chatty_py)], MCP_SERVER_READY)
         chatty_url = f"http://127.0.0.1:{mp.port}/mcp"
         internal = ", ".join(str(p) for p in (crm.port, crm_json.port, mp.port, api.port,
