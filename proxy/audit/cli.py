@@ -1,4 +1,5 @@
-"""``fiveplane audit``: verify | explain | show | tail | export.
+"""``fiveplane audit``: verify | explain | show | tail | export | prove | check-proof |
+consistency.
 
 Exit codes: 0 ok, 1 damage found or a decision does not re-adjudicate, 2 usage (bad
 arguments, no such log or record). Defaults follow the layout ``AuditLog`` writes: keys in
@@ -18,9 +19,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ..errors import AuditError
-from . import envelope
-from .explain import explain, explain_all
-from .keys import load_secret
+from . import envelope, proofs
+from .explain import explain, explain_all, find_record
+from .keys import load_public_key, load_secret, safe_name
 from .schema import public_body
 from .verify import log_files, verify
 
@@ -74,13 +75,41 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["jsonl"], default="jsonl")
     x.add_argument("-o", "--output", default="-")
     x.add_argument("--records-only", action="store_true", help="leave out header and checkpoints")
+
+    p = sub.add_parser("prove", help="an offline proof: a record is in the log (inclusion), "
+                                     "or the log extends a checkpoint kept earlier "
+                                     "(--since: consistency)")
+    p.add_argument("log", help="chain file or audit directory")
+    p.add_argument("record", nargs="?", help="seq number or decision id")
+    p.add_argument("--since", metavar="CHECKPOINT", default=None,
+                   help="a checkpoint kept earlier (a checkpoint line, .ckpt file, export or "
+                        "proof; the last checkpoint in it): prove the log extends it")
+    p.add_argument("-o", "--output", default="-")
+
+    c = sub.add_parser("check-proof", help="verify a proof offline, without the log")
+    c.add_argument("proof", help="proof file (JSON) from `audit prove`")
+    c.add_argument("--key", action="append", default=None, metavar="PUB",
+                   help="trusted Ed25519 public key (PEM); repeatable")
+    c.add_argument("--old", metavar="CHECKPOINT", default=None,
+                   help="the checkpoint you kept: a consistency proof must start from it")
+    c.add_argument("--json", action="store_true")
+
+    k = sub.add_parser("consistency", help="check that a log extends a checkpoint kept "
+                                           "earlier (prove --since + check-proof in one)")
+    k.add_argument("old", metavar="CHECKPOINT", help="the checkpoint kept earlier")
+    k.add_argument("log", help="chain file or audit directory (the chain of CHECKPOINT)")
+    k.add_argument("--key", action="append", default=None, metavar="PUB",
+                   help="trusted Ed25519 public key (PEM); repeatable (default: "
+                        "keys/<instance>.pub next to the log)")
+    k.add_argument("--json", action="store_true")
     return audit
 
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     command = {"verify": _verify, "explain": _explain, "show": _show, "tail": _tail,
-               "export": _export}[args.audit_command]
+               "export": _export, "prove": _prove, "check-proof": _check_proof,
+               "consistency": _consistency}[args.audit_command]
     try:
         return command(args, out)
     except (_Usage, AuditError, OSError) as e:
@@ -348,6 +377,96 @@ def _export(args: argparse.Namespace, out: TextIO) -> int:
         if sink is not out:
             sink.close()
     return EXIT_OK
+
+
+def _chain_of(path: str, chain: str) -> Path:
+    for log in _logs(path):
+        with open(log, "rb") as f:
+            try:
+                if json.loads(f.readline()).get("chain") == chain:
+                    return log
+            except ValueError:
+                continue
+    raise _Usage(f"no log of chain {chain!r} in {path}")
+
+
+def _keys(paths: list[str] | None) -> list[Any]:
+    keys = []
+    for path in paths or ():
+        if not Path(path).is_file():
+            raise _Usage(f"no such file: {path}")
+        keys.append(load_public_key(path))
+    return keys
+
+
+def _prove(args: argparse.Namespace, out: TextIO) -> int:
+    if (args.record is None) == (args.since is None):
+        raise _Usage("prove needs a RECORD (seq or decision id) or --since CHECKPOINT")
+    if args.since is not None:
+        old = proofs.kept_checkpoint(args.since)
+        path = _chain_of(args.log, str(json.loads(old).get("chain")))
+    elif str(args.record).isdigit():
+        path = _newest(args.log)
+    else:  # a decision id names its chain
+        path = next((p for p in _logs(args.log) if _has_record(p, args.record)), None)
+        if path is None:
+            raise _Usage(f"no record {args.record} in {args.log}")
+    report = verify(path)
+    if not report.ok:
+        print(f"fiveplane audit: will not prove from a damaged log:\n{report.summary()}",
+              file=sys.stderr)
+        return EXIT_DAMAGE
+    if args.since is not None:
+        proof = proofs.prove_consistency(path, old)
+    else:
+        _, line = find_record(path, args.record)
+        seq = envelope.record_position(line)
+        assert seq is not None
+        proof = proofs.prove_inclusion(path, seq[0])
+    text = json.dumps(proof, indent=2) + "\n"
+    if args.output == "-":
+        out.write(text)
+    else:
+        Path(args.output).write_text(text, encoding="ascii")
+    return EXIT_OK
+
+
+def _has_record(path: Path, ref: str) -> bool:
+    try:
+        find_record(path, ref)
+    except AuditError:
+        return False
+    return True
+
+
+def _check_proof(args: argparse.Namespace, out: TextIO) -> int:
+    try:
+        proof = json.loads(Path(args.proof).read_bytes())
+    except ValueError as e:
+        raise _Usage(f"{args.proof} is not a JSON proof: {e}") from e
+    if not isinstance(proof, dict):
+        raise _Usage(f"{args.proof} is not a JSON proof")
+    expected = proofs.kept_checkpoint(args.old) if args.old else None
+    result = proofs.check(proof, _keys(args.key), expected_old=expected)
+    print(json.dumps(result.to_dict()) if args.json else str(result), file=out)
+    return EXIT_OK if result.ok else EXIT_DAMAGE
+
+
+def _consistency(args: argparse.Namespace, out: TextIO) -> int:
+    old = proofs.kept_checkpoint(args.old)
+    path = _chain_of(args.log, str(json.loads(old).get("chain")))
+    keys = _keys(args.key)
+    if not keys:
+        instance = str(json.loads(old).get("instance"))
+        default = path.parent / "keys" / f"{safe_name(instance)}.pub"
+        if default.is_file():
+            keys = [load_public_key(default)]
+    try:
+        result = proofs.check(proofs.prove_consistency(path, old), keys, expected_old=old)
+    except AuditError as e:
+        result = proofs.ProofCheck(False, proofs.CONSISTENCY, str(e))
+    print(json.dumps(result.to_dict()) if args.json else str(result), file=out)
+    return EXIT_OK if result.ok else EXIT_DAMAGE
 
 
 if __name__ == "__main__":  # pragma: no cover
