@@ -30,6 +30,7 @@ from proxy.errors import AuditError, PolicyError
 from proxy.gateway import Gateway, RequestResult
 from proxy.http_response import StreamGovernor, govern_body
 from proxy.identity.config import token_from_headers
+from proxy.mcp.answer import answer_server, upstream_trust
 from proxy.mcp_response import ResponseGovernor
 from proxy.netaddr import HostError, normalize_host, parse_ip
 from proxy.policy import compile_file
@@ -68,6 +69,7 @@ class FiveplaneGate:
         self._watcher: asyncio.Task[None] | None = None
         self._resolve: Any = None
         self._tunnel_tokens: dict[str, str] = {}
+        self._answering: set[asyncio.Task[bool]] = set()
         self.control: Any = None
         self._stopping: Any = None
 
@@ -369,6 +371,8 @@ class FiveplaneGate:
                     return []
                 was_cut = governor.cut is not None
                 out = governor.sse(chunk)
+                if governor.answers:
+                    self._answer_soon(flow, governor)
                 if governor.cut is not None and not was_cut:
                     self._cut_soon(flow)
                 return [b for b in out if b]
@@ -400,6 +404,19 @@ class FiveplaneGate:
                 return []
 
         return filter_chunk
+
+    def _answer_soon(self, flow: http.HTTPFlow, governor: ResponseGovernor) -> None:
+        """Answer withheld server requests for the client (``proxy.mcp.answer``)."""
+        answers, governor.answers = governor.answers, []
+        verify = upstream_trust(ctx.options.ssl_verify_upstream_trusted_ca,
+                                ctx.options.ssl_insecure)
+        headers = dict(flow.request.headers.items())
+        for rpc_id, decision_id, decision in answers:
+            task = asyncio.get_running_loop().create_task(answer_server(
+                self.gw(), governor.request, rpc_id, decision, decision_id,
+                url=flow.request.url, headers=headers, verify=verify, resolve=self._addresses))
+            self._answering.add(task)
+            task.add_done_callback(self._answering.discard)
 
     def _cut_soon(self, flow: http.HTTPFlow) -> None:
         asyncio.get_running_loop().call_soon(_cut_upstream, flow)

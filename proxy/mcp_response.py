@@ -1,7 +1,12 @@
 """Governing what an MCP server sends back: one JSON body or an SSE stream.
 
 Server → client requests (sampling, elicitation, roots, also inside a 2026-era
-``input_required`` result) are adjudicated like calls; a denied one cuts the response.
+``input_required`` result) are adjudicated like calls. A denied request in an event stream
+(the call's own or the standalone GET stream) is withheld from the client and queued in
+``answers``: the proxy answers it with the JSON-RPC error in the client's stead
+(``proxy.mcp.answer``), so the server's tool fails at once instead of waiting for a reply
+that never comes, and its result (or error) still reaches the client. A denied request
+that cannot be answered (no valid id, or inside a JSON body) cuts the response.
 Server notifications in an event stream are adjudicated too, and a denied one is
 withheld from the client (the rest of the stream, e.g. the result of the client's own
 call, still goes through). ``tools/list`` results are filtered to what the principal
@@ -60,6 +65,8 @@ class ResponseGovernor:
         self.cut: tuple[str, Decision] | None = None
         self.removed_tools: list[str] = []
         self.redacted = 0
+        # withheld server requests to answer: (request id, decision id, decision)
+        self.answers: list[tuple[str | int, str, Decision]] = []
 
     # --- one JSON document ---------------------------------------------------------
 
@@ -149,6 +156,13 @@ class ResponseGovernor:
                     # A notification asks nothing of the client: withholding it is enough,
                     # and the response to the client's own request still goes through.
                     return _DROP
+                rpc_id = msg.get("id")
+                if may_drop and isinstance(rpc_id, str | int) and not isinstance(rpc_id, bool):
+                    # Withheld, and answered with the denial in the client's stead: the
+                    # server's tool sees the error and ends the client's call itself.
+                    self.answers.append((rpc_id, *refused))
+                    if self.cut is None:
+                        return _DROP
                 self.cut = refused
             return msg
         result = msg.get("result")

@@ -11,6 +11,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +285,8 @@ def start_sampling(tmp_path: Path, proxy_process, extra: str) -> tuple[Any, Any,
     return rug, proxy, state
 
 
-def ask_model(rug: Any, proxy: Any, asked: list[str], limit: float = 8.0) -> str:
+def ask_model(rug: Any, proxy: Any, asked: list[str], limit: float = 8.0, *,
+              on_call_stream: bool = False) -> str:
     """Call ``ask_model`` with a legacy client that declares sampling; ``ok: TEXT``,
     ``denied: MESSAGE DATA`` or ``timeout``."""
 
@@ -297,7 +299,8 @@ def ask_model(rug: Any, proxy: Any, asked: list[str], limit: float = 8.0) -> str
             with anyio.fail_after(limit):
                 async with mcp_client(rug.mcp_url, proxy.url, proxy.ca_file, mode="legacy",
                                       sampling_callback=callback) as c:
-                    result = await c.call_tool("ask_model", {"text": "hello"})
+                    result = await c.call_tool("ask_model", {
+                        "text": "hello", "on_call_stream": on_call_stream})
                     return "ok: " + "".join(getattr(x, "text", "") for x in result.content)
         except TimeoutError:
             return "timeout"
@@ -310,19 +313,35 @@ def ask_model(rug: Any, proxy: Any, asked: list[str], limit: float = 8.0) -> str
     return anyio.run(ask)
 
 
-def test_sampling_request_denied_by_policy(tmp_path: Path, proxy_process) -> None:
+@pytest.mark.parametrize("on_call_stream", [False, True], ids=["get-stream", "call-stream"])
+def test_sampling_request_denied_by_policy_is_answered_for_the_client(
+        tmp_path: Path, proxy_process, on_call_stream: bool) -> None:
+    """The server's sampling request is withheld from the agent and answered by the proxy
+    with the denial, so the tool call ends at once (the SDK server would wait forever)
+    instead of at the agent's timeout; on the call's own stream the agent gets the denial
+    directly, on the standalone GET stream the server passes it on."""
     rug, proxy, state = start_sampling(tmp_path, proxy_process, "")
     asked: list[str] = []
-    denied = ask_model(rug, proxy, asked)
+    started = time.monotonic()
+    denied = ask_model(rug, proxy, asked, limit=20.0, on_call_stream=on_call_stream)
+    elapsed = time.monotonic() - started
     assert asked == []                                 # the client never saw the request
-    server_side = [r for r in read_evidence(state)
+    assert denied.startswith("denied: ") and "defaults.effect" in denied, denied
+    assert elapsed < 10.0, elapsed
+    evidence = read_evidence(state)
+    server_side = [r for r in evidence
                    if (r["action"] or {}).get("mcp_method") == "sampling/createMessage"]
     assert [(r["action"]["kind"], r["outcome"], r["decision"]["rule_ids"])
             for r in server_side] == [("mcp_server", "denied", ["defaults.effect"])]
-    # Known gap (closing note, issue 8): the SDK server sends this request on the GET event
-    # stream; the proxy withholds it but does not answer the server, so the agent's pending
-    # call ends only at its own timeout instead of with an error naming the rule.
-    assert denied == "timeout" or "defaults.effect" in denied, denied
+    sampling_id = server_side[0]["action"]["rpc_id"]
+    answers = [r for r in evidence if (r["action"] or {}).get("mcp_method") == "client/response"]
+    assert [(r["action"]["rpc_id"], r["outcome"], r["decision"]["rule_ids"])
+            for r in answers] == [(sampling_id, "forwarded", ["mcp.lifecycle"])]
+    # the server got the denial as the answer to its request, with the decision id
+    failed = [c for c in logged_calls(rug) if c["tool"] == "ask_model.sampling_failed"]
+    assert len(failed) == 1 and "defaults.effect" in failed[0]["arguments"]["error"], failed
+    assert "answered withheld" in proxy.output()
+    assert_reconstructable(state)
 
 
 def test_sampling_request_allowed_by_rule_passes_through(tmp_path: Path,

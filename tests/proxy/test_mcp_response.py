@@ -70,16 +70,27 @@ def test_tools_list_sse_is_filtered_across_chunk_boundaries(gateway: Gateway) ->
     assert names(msgs[1]) == ["get_customer", "refund"]
 
 
-def test_denied_server_request_cuts_the_stream_with_an_error_for_the_call(gateway) -> None:
+def test_denied_server_request_is_withheld_and_queued_for_an_answer(gateway) -> None:
     g = governor(gateway, method="tools/call")
     sampling = {"jsonrpc": "2.0", "id": 99, "method": "sampling/createMessage",
                 "params": {"messages": []}}
     after = {"jsonrpc": "2.0", "id": 1, "result": {"content": []}}
     msgs = stream(g, [sse_encode(json.dumps(sampling)), sse_encode(json.dumps(after))])
+    assert msgs == [after]              # the client never sees the request, still its result
+    assert g.cut is None
+    [(rpc_id, decision_id, decision)] = g.answers
+    assert rpc_id == 99 and decision.rule_ids == ("defaults.effect",) and decision_id
+
+
+def test_denied_server_request_without_a_valid_id_cuts_the_stream(gateway) -> None:
+    g = governor(gateway, method="tools/call")
+    sampling = {"jsonrpc": "2.0", "id": True, "method": "sampling/createMessage"}
+    after = {"jsonrpc": "2.0", "id": 1, "result": {"content": []}}
+    msgs = stream(g, [sse_encode(json.dumps(sampling)), sse_encode(json.dumps(after))])
     assert len(msgs) == 1
     assert msgs[0]["id"] == 1 and msgs[0]["error"]["code"] == -32003
     assert "defaults.effect" in msgs[0]["error"]["message"]
-    assert g.cut is not None
+    assert g.cut is not None and g.answers == []
 
 
 def test_allowed_server_request_passes(gateway) -> None:

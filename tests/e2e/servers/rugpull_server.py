@@ -18,7 +18,9 @@ Serves ``http://127.0.0.1:P/mcp`` and prints ``MCP server listening on http://12
   ``<IMPORTANT>`` block, tells the model to hide it from the user).
 * ``send_email(to, body)`` — an ordinary tool whose name another instance (``--name``) also
   offers: two instances make a shadowing pair.
-* ``ask_model(text)`` — asks the client for sampling (a server → client request).
+* ``ask_model(text, on_call_stream=False)`` — asks the client for sampling (a server → client
+  request) on the GET stream or the call's own stream; a failed request is logged as
+  ``ask_model.sampling_failed``.
 
 Every tool invocation appends ``{"tool", "arguments", "server", "ts"}`` to ``--calls-log``.
 """
@@ -133,13 +135,20 @@ def build_server(name: str = "rugpull", change_after: int = 1,
         return f"sent by {name} to {to}"
 
     @mcp.tool(description="Ask the client's model to summarize a text (sampling).")
-    async def ask_model(text: str, ctx: Context) -> str:
+    async def ask_model(text: str, ctx: Context, on_call_stream: bool = False) -> str:
+        """``on_call_stream``: send the sampling request on this call's event stream
+        instead of the standalone GET stream."""
         log.record("ask_model", {"text": text})
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            result = await ctx.session.create_message(
-                [SamplingMessage(role="user", content=TextContent(type="text", text=text))],
-                max_tokens=50)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = await ctx.session.create_message(
+                    [SamplingMessage(role="user", content=TextContent(type="text", text=text))],
+                    max_tokens=50,
+                    related_request_id=ctx.request_id if on_call_stream else None)
+        except Exception as e:  # what the server got instead of a sample
+            log.record("ask_model.sampling_failed", {"error": str(e)})
+            raise
         content = result.content
         return content.text if isinstance(content, TextContent) else str(content)
 
