@@ -14,8 +14,7 @@ and the in-process cost the audit adds to one decision.
 * per-decision cost: ``Adjudicator.decide`` alone vs decide + ``record()`` (caller CPU, not
   waiting) vs decide + record + ``await wait()`` one at a time (a full fsync per decision —
   the worst case, no other traffic to share the batch with). The cost per *proxied request*
-  (through mitmproxy, audit on vs off) belongs to the end-to-end benchmark once the
-  gateway is wired.
+  (through the real proxy, audit on vs off in the same run) is ``audit_cost.py``.
 """
 
 from __future__ import annotations
