@@ -25,6 +25,7 @@ from mitmproxy.proxy import server_hooks
 from proxy.action import Action, Kind
 from proxy.approvals import open_approvals
 from proxy.audit import AuditLog, PolicyStore
+from proxy.audit.writer import parse_durability
 from proxy.control import start_control
 from proxy.errors import AuditError, PolicyError
 from proxy.gateway import Gateway, RequestResult
@@ -89,6 +90,11 @@ class FiveplaneGate:
                           "disable; port 0 picks a free one).")
         loader.add_option("fiveplane_control_token", str, "",
                           "Control API token (default: generated in the state directory).")
+        loader.add_option("fiveplane_audit_durability", str, "fsync",
+                          "When a decision's record is durable before it is acted on: `fsync` "
+                          "(every record fsynced first), or `batch[:SECONDS]` (written first, "
+                          "fsynced within SECONDS, default 0.05: a machine crash can lose the "
+                          "last records of actions taken; a proxy crash cannot).")
         loader.add_option("fiveplane_test_faults", bool, False,
                           "Testing only: a request header `x-fiveplane-test-fault` raises "
                           "inside the addon, to prove that addon errors deny.")
@@ -116,10 +122,14 @@ class FiveplaneGate:
         # each time); the default names each process.
         instance = ctx.options.fiveplane_instance or f"{os.uname().nodename}-{os.getpid()}"
         try:
-            audit = AuditLog(state / "audit", instance)
+            interval = parse_durability(ctx.options.fiveplane_audit_durability)
+            audit = AuditLog(state / "audit", instance, fsync_interval=interval)
             policies = PolicyStore(state / "audit" / "policies")
-        except AuditError as e:
+        except (AuditError, ValueError) as e:
             raise exceptions.OptionsError(str(e)) from e
+        if interval is not None:
+            log.warning("audit durability is batch: records are fsynced within %s s, after "
+                        "they are acted on", interval)
         try:
             store = open_store(ctx.options.fiveplane_state or state / "state.sqlite")
         except StateError as e:

@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--record-secrets", action="store_true",
                      help="keep credentials and secrets in the recording (needed to replay "
                           "identity decisions)")
+    run.add_argument("--audit-durability", default="fsync", metavar="fsync|batch[:S]",
+                     help="fsync: every decision's record is fsynced before it is acted on "
+                          "(default); batch: written before, fsynced within S seconds "
+                          "(default 0.05): faster, but a machine crash can lose the last "
+                          "records")
     run.add_argument("--test-faults", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("-v", "--verbose", action="store_true")
 
@@ -194,6 +199,7 @@ async def _serve(args: argparse.Namespace, policy: str, version: str) -> int:
         "fiveplane_control_token": args.control_token,
         "fiveplane_reload_interval": args.reload_interval,
         "fiveplane_test_faults": args.test_faults,
+        "fiveplane_audit_durability": args.audit_durability,
         "fiveplane_policy": policy,
     }
     if args.upstream_ca:

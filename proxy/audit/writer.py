@@ -13,6 +13,13 @@ last durable record, truncates the partial bytes away, and retries with the next
 the log recovers by itself once the disk is writable again. The first batch written after
 an outage starts with a ``note`` record that says how many decisions could not be recorded.
 
+Durability ``batch`` (opt-in, ``fsync_interval``): a batch's commits resolve once it is
+written (in the page cache: it survives a crash of the proxy, not of the machine), and the
+log is fsynced at most ``fsync_interval`` s later, and always before a checkpoint is
+acknowledged or copied to the sidecar. A failed background fsync fails the next batch
+(fail closed) until an fsync succeeds again. The default fsyncs every batch before its
+commits resolve.
+
 Checkpoints (signed tree heads) are written after every ``checkpoint_every`` records, every
 ``checkpoint_seconds`` while records are not yet covered (the writer thread's own timer,
 not traffic), and once more with ``final: true`` on ``close()``. Each checkpoint is also
@@ -47,7 +54,24 @@ log = logging.getLogger("fiveplane.audit")
 
 MAX_BATCH = 8192
 MAX_COMMIT_DELAY = 0.002
+DEFAULT_BATCH_INTERVAL = 0.05
 _sha256 = hashlib.sha256
+
+
+def parse_durability(text: str) -> float | None:
+    """``fsync`` (None: fsync before acting) or ``batch[:SECONDS]`` (the fsync interval)."""
+    mode, _, interval = text.strip().partition(":")
+    if mode == "fsync" and not interval:
+        return None
+    if mode == "batch":
+        try:
+            seconds = float(interval) if interval else DEFAULT_BATCH_INTERVAL
+        except ValueError:
+            seconds = -1.0
+        if 0 < seconds <= 60:
+            return seconds
+    raise ValueError(f"audit durability must be `fsync`, `batch` or `batch:SECONDS` "
+                     f"(0 < SECONDS <= 60), not {text!r}")
 
 
 class Commit:
@@ -156,14 +180,17 @@ class AuditLog:
 
     def __init__(self, directory: str | Path, instance: str, key_path: str | Path | None = None,
                  checkpoint_every: int = 1000, checkpoint_seconds: float = 5.0, *,
-                 fsync: bool = True) -> None:
+                 fsync: bool = True, fsync_interval: float | None = None) -> None:
         if checkpoint_every < 1 or checkpoint_seconds <= 0:
             raise ValueError("checkpoint_every must be ≥ 1 and checkpoint_seconds > 0")
+        if fsync_interval is not None and not fsync_interval > 0:
+            raise ValueError("fsync_interval must be > 0 (or None: fsync every batch)")
         self.directory = Path(directory)
         self.instance = instance
         self.checkpoint_every = checkpoint_every
         self.checkpoint_seconds = checkpoint_seconds
         self._fsync = fsync
+        self.fsync_interval = fsync_interval
         self.keys: InstanceKeys = load_or_create(
             key_path or self.directory / "keys" / f"{safe_name(instance)}.key", instance)
         self.chain = new_chain_id()
@@ -205,6 +232,9 @@ class AuditLog:
         self._ck_dirty = False
         self._ck_pending: list[bytes] = []
         self._outage: dict[str, Any] | None = None
+        self._unsynced = False        # batch durability: written bytes not yet fsynced
+        self._sync_deadline = 0.0
+        self._sync_error: OSError | None = None
         self.last_error: AuditError | None = None
         # shared state (under ``_cond``)
         self._cond = threading.Condition(threading.Lock())
@@ -280,7 +310,7 @@ class AuditLog:
 
     @property
     def healthy(self) -> bool:
-        return not self._dirty and self._outage is None
+        return not self._dirty and self._outage is None and self._sync_error is None
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until everything appended so far is durable (or failed)."""
@@ -319,10 +349,14 @@ class AuditLog:
             with self._cond:
                 while not self._pending and not self._closing:
                     timeout = None
+                    now = time.monotonic()
                     if self._seq != self._cp_size:
-                        timeout = self._deadline - time.monotonic()
-                        if timeout <= 0:
-                            break
+                        timeout = self._deadline - now
+                    if self._unsynced:
+                        due = self._sync_deadline - now
+                        timeout = due if timeout is None else min(timeout, due)
+                    if timeout is not None and timeout <= 0:
+                        break
                     self._idle = True
                     self._cond.wait(timeout)
                     self._idle = False
@@ -342,6 +376,8 @@ class AuditLog:
                          AuditError(f"audit writer error: {e!r}"))
             if batch:
                 self._io = 0.8 * self._io + 0.2 * (time.monotonic() - started)
+            if self._unsynced and time.monotonic() >= self._sync_deadline:
+                self._sync()  # after the batch's commits resolved: they never wait for it
             if closing:
                 return
 
@@ -393,9 +429,16 @@ class AuditLog:
                 os.ftruncate(self._fd, self._offset)
                 os.fsync(self._fd)
                 self._dirty = False
+            if self._sync_error is not None:
+                os.fsync(self._fd)  # nothing new is acknowledged while the disk fails fsync
+                self._sync_error = None
             _write_all(self._fd, data)
-            if self._fsync:
+            if self._fsync and (self.fsync_interval is None or checkpoints):
                 os.fsync(self._fd)
+                self._unsynced = False
+            elif self._fsync and not self._unsynced:
+                self._unsynced = True
+                self._sync_deadline = time.monotonic() + self.fsync_interval
         except Exception as e:
             self._fail(batch, saved, e)
             return
@@ -434,6 +477,20 @@ class AuditLog:
             chunks.append(line)
             checkpoints.append(line)
         return b"".join(chunks), done, checkpoints
+
+    def _sync(self) -> None:
+        """Batch durability: fsync what was written (and acknowledged) since the last one."""
+        try:
+            os.fsync(self._fd)
+        except OSError as e:
+            self._sync_error = e
+            self._sync_deadline = time.monotonic() + max(self.fsync_interval or 0.0, 1.0)
+            self.last_error = AuditError(f"the audit log {self.path} cannot be synced: {e}")
+            log.error("%s; records already acted on may be lost if the machine fails; new "
+                      "decisions are denied until it syncs again", self.last_error)
+            return
+        self._unsynced = False
+        self._sync_error = None
 
     def _fail(self, batch: list[tuple[bytes, Commit, str]], saved: tuple[Any, ...],
               e: Exception) -> None:

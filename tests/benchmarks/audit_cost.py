@@ -1,6 +1,7 @@
 """What the audit adds to one proxied request: the same ``fiveplane run`` with its evidence
-sink durable (the product), written without fsync, and off — three processes, one policy,
-one upstream, measured in the same run with interleaved rounds.
+sink durable (the default), batched fsync (``--audit-durability batch``), written without
+fsync, and off — four processes, one policy, one upstream, measured in the same run with
+interleaved rounds.
 
     .venv/bin/python tests/benchmarks/audit_cost.py [--quick]
     .venv/bin/python tests/benchmarks/run.py --only audit
@@ -40,9 +41,12 @@ from proxy_overhead import (  # noqa: E402
     make_series,
 )
 
-VARIANTS = ("off", "nofsync", "durable")
+VARIANTS = ("off", "nofsync", "batch", "durable")
 LABEL = {"off": "audit off (baseline)", "nofsync": "audit, no fsync",
-         "durable": "audit durable (default)"}
+         "batch": "audit, --audit-durability batch", "durable": "audit durable (default)"}
+# (audit_variant.py mode, extra ``fiveplane run`` arguments)
+LAUNCH = {"off": ("off", []), "nofsync": ("nofsync", []),
+          "batch": ("durable", ["--audit-durability", "batch"]), "durable": ("durable", [])}
 FULL_N, QUICK_N = 1_500, 300
 WARMUP = 100
 ROUNDS = 10
@@ -105,7 +109,7 @@ def concurrent(url: str, upstream_url: str, total: int, clients: int) -> dict[st
 def run(quick: bool = False, log: Callable[[str], None] = print) -> Section:
     n = QUICK_N if quick else FULL_N
     c_n = QUICK_C_N if quick else FULL_C_N
-    section = Section("Audit cost per proxied request: durable vs. no fsync vs. off")
+    section = Section("Audit cost per proxied request: durable vs. batch vs. no fsync vs. off")
     tmp = tempfile.TemporaryDirectory(prefix="fiveplane-audit-cost-")
     work = Path(tmp.name)
     procs = Processes(work)
@@ -123,13 +127,13 @@ def run(quick: bool = False, log: Callable[[str], None] = print) -> Section:
             (work / f"state-{v}").mkdir()
         proxies = {
             v: procs.start(f"fiveplane-{v}", [
-                py, BENCH_DIR / "audit_variant.py", v, "--policy", policy,
+                py, BENCH_DIR / "audit_variant.py", LAUNCH[v][0], "--policy", policy,
                 "--listen", "127.0.0.1:0", "--certs", work / "certs",
                 "--state-dir", work / f"state-{v}", "--reload-interval", "0",
-                "--control", "off"], FIVEPLANE_READY)
+                "--control", "off", *LAUNCH[v][1]], FIVEPLANE_READY)
             for v in VARIANTS}
         for v, p in proxies.items():
-            if v != "durable" and "BENCHMARK ONLY" not in p.output():
+            if LAUNCH[v][0] != "durable" and "BENCHMARK ONLY" not in p.output():
                 raise AssertionError(f"{v}: the variant did not take effect")
         urls = {v: f"http://127.0.0.1:{p.port}" for v, p in proxies.items()}
         log("  audit cost: " + ", ".join(f"{v} :{p.port}" for v, p in proxies.items()))

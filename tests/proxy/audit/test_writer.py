@@ -282,3 +282,96 @@ def test_checkpoint_file_failure_does_not_fail_commits(tmp_path: Path,
     assert verify(log.path).ok
     sizes = [json.loads(x)["size"] for x in log.checkpoint_path.read_bytes().splitlines()]
     assert sizes == [2, 4, 6, 6]
+
+
+# --- batch durability -------------------------------------------------------------------------
+
+
+class FsyncLog:
+    """Every fsync of one fd, with the file's size at that moment."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, fd: int) -> None:
+        self.sizes: list[int] = []
+        self.fd = fd
+        real = os.fsync
+
+        def fsync(fd: int) -> None:
+            if fd == self.fd:
+                self.sizes.append(os.fstat(fd).st_size)
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", fsync)
+
+
+def test_batch_durability_acknowledges_before_fsync_and_syncs_within_the_interval(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = AuditLog(tmp_path, "batch:1", checkpoint_every=1000, checkpoint_seconds=3600,
+                   fsync_interval=0.3)
+    syncs = FsyncLog(monkeypatch, log._fd)
+    commits = [log.append({"i": i}) for i in range(5)]
+    for c in commits:
+        c.wait_sync(5)
+    written = log.path.stat().st_size
+    assert all(c.ok for c in commits) and syncs.sizes == []  # acknowledged, not yet synced
+    deadline = time.monotonic() + 5
+    while not syncs.sizes and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert syncs.sizes and syncs.sizes[0] >= written         # synced within the interval
+    time.sleep(0.5)
+    assert len(syncs.sizes) == 1                               # nothing new: no more fsyncs
+    log.close()
+    assert verify(log.path).ok and verify(log.path).closed
+    assert syncs.sizes[-1] == log.path.stat().st_size         # the final checkpoint is synced
+
+
+def test_batch_durability_syncs_every_checkpoint_before_the_sidecar(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = AuditLog(tmp_path, "batch:2", checkpoint_every=3, checkpoint_seconds=3600,
+                   fsync_interval=60)
+    syncs = FsyncLog(monkeypatch, log._fd)
+    for i in range(7):
+        log.append({"i": i}).wait_sync(5)
+    log.flush(5)
+    sidecar = [json.loads(x) for x in log.checkpoint_path.read_bytes().splitlines()]
+    assert [c["size"] for c in sidecar] == [3, 6]
+    # each checkpoint in the sidecar was durable in the log before it was copied there
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    ends = [sum(len(x) for x in lines[:i + 1]) for i, x in enumerate(lines)
+            if b'"type":"checkpoint"' in x]
+    assert all(any(size >= end for size in syncs.sizes) for end in ends), (ends, syncs.sizes)
+    log.close()
+
+
+def test_batch_durability_fails_closed_while_fsync_fails(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = AuditLog(tmp_path, "batch:3", checkpoint_seconds=3600, fsync_interval=0.05)
+    disk = DiskFull(monkeypatch, log._fd, on="fsync")
+    disk.active = True
+    log.append({"i": 0}).wait_sync(5)          # written: acknowledged
+    deadline = time.monotonic() + 5
+    while log.healthy and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not log.healthy and "cannot be synced" in str(log.last_error)
+    with pytest.raises(AuditError, match="No space left on device"):
+        log.append({"i": 1}).wait_sync(5)      # nothing new until the disk syncs again
+    disk.active = False
+    log.append({"i": 2}).wait_sync(5)
+    assert log.healthy
+    log.close()
+    report = verify(log.path)
+    assert report.ok, report.summary()
+    assert [d["body"].get("i") for d in read(log.path) if d["type"] in ("record", "note")] == \
+        [0, None, 2]                           # the note tells of the denied record
+
+
+def test_durability_option_values() -> None:
+    from proxy.audit.writer import parse_durability
+
+    assert parse_durability("fsync") is None
+    assert parse_durability("batch") == 0.05
+    assert parse_durability("batch:0.2") == 0.2
+    for bad in ("", "fsync:1", "batch:0", "batch:x", "batch:61", "async"):
+        with pytest.raises(ValueError, match="audit durability"):
+            parse_durability(bad)
+    with pytest.raises(ValueError):
+        AuditLog("/nonexistent", "x", fsync_interval=0)
