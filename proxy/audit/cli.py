@@ -4,8 +4,9 @@ consistency.
 Exit codes: 0 ok, 1 damage found or a decision does not re-adjudicate, 2 usage (bad
 arguments, no such log or record). Defaults follow the layout ``AuditLog`` writes: keys in
 ``keys/`` and policies in ``policies/`` next to the log; LOG may be a chain file or the
-audit directory (verify/export/explain --all: every chain in it; show/tail/explain: the
-newest chain).
+audit directory (verify/export/explain --all: every chain in it; show/tail/explain and
+prove with a seq number: the newest chain; prove with a decision id or --since, and
+consistency: the chain the id or checkpoint belongs to).
 """
 
 from __future__ import annotations

@@ -306,7 +306,7 @@ class FsyncLog:
 def test_batch_durability_acknowledges_before_fsync_and_syncs_within_the_interval(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = AuditLog(tmp_path, "batch:1", checkpoint_every=1000, checkpoint_seconds=3600,
-                   fsync_interval=0.3)
+                   fsync_interval=1.0)
     syncs = FsyncLog(monkeypatch, log._fd)
     commits = [log.append({"i": i}) for i in range(5)]
     for c in commits:
