@@ -73,6 +73,9 @@ class Rollback:
         self.verify = verify          # the upstream trust the proxy forwards with
         self.timeout = timeout
         self._running: set[str] = set()
+        # session -> principal digest of its journal, so the kill poll reads no entries of
+        # sessions journaled here (a session journaled by another process is read once)
+        self._principals: dict[str, str | None] = {}
 
     def trust(self, ca_file: str | None = None, *, insecure: bool = False) -> None:
         """Trust what the proxy trusts upstream (mitmproxy's ``ssl_verify_upstream_trusted_ca``
@@ -112,6 +115,7 @@ class Rollback:
                 }
                 held.append([gateway.store.journal_add(action.session, entry, action.at),
                              item.id])
+                self._principals[action.session] = digest
         except (StateError, ValueError) as e:
             for seq, _ in held:  # what was journaled for a call that is not sent
                 self._void(action.session, seq)
@@ -190,12 +194,17 @@ class Rollback:
         kill made by another process). Returns how many sessions were rolled back."""
         store = self._gateway.store
         done = 0
-        for session in store.journal_sessions():
+        sessions = store.journal_sessions()
+        for gone in set(self._principals).difference(sessions):
+            del self._principals[gone]
+        for session in sessions:
             if session in self._running:
                 continue
-            entries = store.journal(session)
-            digest = entries[0].data.get("principal_digest") if entries else None
-            reason = store.killed(session, digest)
+            if session not in self._principals:
+                entries = store.journal(session)
+                self._principals[session] = (entries[0].data.get("principal_digest")
+                                             if entries else None)
+            reason = store.killed(session, self._principals[session])
             if reason is None:
                 continue
             self._running.add(session)

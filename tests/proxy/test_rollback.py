@@ -229,3 +229,50 @@ def test_a_kill_rolls_back_in_the_background_check(tmp_path: Path) -> None:
     decided = next(r for r in sink.records
                    if r["decision_id"] == step["rollback"]["decision"])
     assert decided["decision"]["rule_ids"] == ["no-undo"]
+
+
+def test_compensating_calls_trust_the_upstream_ca_the_proxy_forwards_with(
+        tmp_path: Path) -> None:
+    """A real HTTPS upstream with a private CA: until the proxy trusts that CA (as
+    ``--upstream-ca`` makes it do for forwarded calls) the compensating call never gets
+    past TLS; then it is sent as a stateless MCP call and its success recorded."""
+    import sys
+    servers = Path(__file__).resolve().parents[1] / "e2e" / "servers"
+    sys.path.insert(0, str(servers))
+    from http_upstream import TestCA, Upstream
+
+    ca = TestCA(tmp_path / "ca")
+    with Upstream(tls=True, ca=ca) as up:
+        up.set_response("/mcp", status=200, body={
+            "jsonrpc": "2.0", "id": "fiveplane-rollback-undo-ticket",
+            "result": {"content": [{"type": "text", "text": "deleted"}]}})
+        text = (POLICY.replace("https://crm.example.com/mcp", f"{up.url}/mcp")
+                .replace("effect: deny}", "effect: allow}", 1)
+                + f"network: {{allow_internal: [{{cidr: 127.0.0.1/32, ports: [{up.port}]}}]}}\n")
+        path = tmp_path / "tls.yaml"
+        path.write_text(text)
+        sink = MemorySink()
+        gw = Gateway(compile_file(path), sink, store=MemoryStore())
+
+        def one_rollback() -> list[str]:
+            body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                    "params": {"name": "create_ticket", "arguments": {"title": "t"}}}
+            made = gw.request(RequestView(
+                "POST", "https", "127.0.0.1", up.port, "/mcp",
+                (("content-type", "application/json"),), json.dumps(body).encode()))
+            assert made.forwarded, made.decision
+            gw.observe(made.action, {"structuredContent": {"ticket": {"id": "N-1"}}})
+            return asyncio.run(gw.rollback.run(made.action.session, {"kind": "test"}))
+
+        assert one_rollback() == ["compensation_failed"]
+        assert up.hits == []                                  # refused at the TLS handshake
+        assert "could not be reached" in sink.records[-1]["rollback"]["detail"]
+        gw.rollback.trust(str(ca.ca_pem))
+        assert one_rollback() == ["compensated"]
+        (hit,) = up.hits
+        sent = hit.json()
+        assert sent["method"] == "tools/call" and sent["params"]["name"] == "delete_ticket"
+        assert sent["params"]["arguments"] == {"id": "N-1", "why": "rollback"}
+        assert hit.headers["mcp-method"] == "tools/call"
+        assert hit.headers["mcp-name"] == "delete_ticket"
+        assert hit.headers["mcp-protocol-version"] == "2026-07-28"
