@@ -33,7 +33,9 @@ from proxy.identity.config import token_from_headers
 from proxy.mcp_response import ResponseGovernor
 from proxy.netaddr import HostError, normalize_host, parse_ip
 from proxy.policy import compile_file
+from proxy.policy.compensations import HttpResult
 from proxy.replies import Reply, deny_reply, sse_error_event
+from proxy.rollback import EXTRA_KEY as ROLLBACK_KEY
 from proxy.state import StateError, open_store
 from proxy.translate import RequestView
 
@@ -442,6 +444,9 @@ class FiveplaneGate:
         if action is None or governor is not None or resp is None:
             return
         if action.kind is not Kind.MCP:
+            if ROLLBACK_KEY in action.extra:  # journal the undo from what came back
+                body = b"" if resp.stream else (resp.get_content(strict=False) or b"")
+                self.gw().rollback.journal(action, HttpResult(resp.status_code, body))
             self._govern_plain(flow, action)
             return
         if resp.status_code >= 300 or not resp.raw_content:

@@ -479,12 +479,13 @@ class Gateway:
                 return RequestResult(action, decision_id, decision, reply, strip, commit=commit)
             return RequestResult(action, decision_id, decision, None, strip, judged=judged,
                                  body=body, hold=request)
-        if decision.verdict.proceeds and action.kind is Kind.MCP:
+        if decision.verdict.proceeds and action.kind in _SESSION_KINDS:
             action, why = self.rollback.reserve(action, decision_id, dict(view.headers))
             if why is not None:
                 self._release(list(judged.charged), action.at)
                 decision_id, decision, commit = self._refusal(action, "rollback.journal", why)
-                reply = deny_reply(decision, decision_id, mcp=True, rpc_id=action.rpc_id)
+                reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
+                                   rpc_id=action.rpc_id)
                 return RequestResult(action, decision_id, decision, reply, strip, commit=commit)
         if decision.verdict.proceeds:
             inject = credential_for(action, policy.identity)

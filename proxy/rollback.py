@@ -32,6 +32,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -40,8 +41,9 @@ from .audit.schema import principal_from_data, principal_to_data
 from .codec import BodyError, SseParser, loads_strict
 from .decision import Decision, Plane, Verdict
 from .errors import AuditError
-from .netaddr import HostError, parse_ip
-from .policy.compensations import Compensation, Unresolvable
+from .netaddr import HostError, normalize_host, parse_ip
+from .paths import normalize_path
+from .policy.compensations import Compensation, HttpResult, Unresolvable
 from .policy.rules import make_decision
 from .state import StateError
 from .state.store import Event
@@ -105,8 +107,8 @@ class Rollback:
                 entry = {
                     "v": ENTRY_VERSION, "state": PENDING, "compensation": item.id,
                     "call": {"decision_id": decision_id, "server": action.server,
-                             "tool": action.name},
-                    "target": _target(gateway, action, item),
+                             "tool": action.name, "method": action.method},
+                    "target": None if item.http else _target(gateway, action, item),
                     "tool": item.tool,
                     "principal": principal_to_data(action.principal),
                     "principal_digest": digest,
@@ -138,7 +140,7 @@ class Rollback:
                                "its effect was not compensated")
                     continue
                 data = dict(entry.data)
-                if isinstance(result, Mapping) and result.get("isError") is True:
+                if _failed(result):  # nothing happened upstream: nothing to undo
                     gateway.store.journal_update(request.session, seq,
                                                  {**data, "state": VOID})
                     continue
@@ -148,10 +150,16 @@ class Rollback:
                                        "the policy")
                 try:
                     data.update(state=READY, arguments=item.resolve(request, result))
+                    if item.http:
+                        data.update(method=item.method, url=item.url_for(result),
+                                    target=_http_target(item.url_for(result)))
                 except Unresolvable as e:
                     data.update(state=UNCOMPENSABLE, why=str(e))
+                    undo = item.tool or f"{item.method} {''.join(
+                        p if isinstance(p, str) else '{…}' for p in item.url)}"
                     self._note(request, compensation_id, UNCOMPENSABLE_OUTCOME,
-                               f"{request.name} cannot be compensated by {item.tool}: {e}")
+                               f"{request.name or request.summary()} cannot be compensated "
+                               f"by {undo}: {e}")
                 if not gateway.store.journal_update(request.session, seq, data):
                     self._note(request, compensation_id, FAILED,
                                "the session was rolled back while this call was in flight: "
@@ -253,6 +261,14 @@ class Rollback:
     async def _action(self, session: str, data: Mapping[str, Any]) -> Action:
         target = data["target"]
         host = str(target["host"])
+        if data.get("url"):
+            return Action(
+                Kind.HTTP, StopPoint.REQUEST_BODY, str(target["scheme"]), host,
+                int(target["port"]), method=str(data["method"]), path=str(target["path"]),
+                arguments=dict(data.get("arguments") or {}),
+                addresses=await _addresses(host, int(target["port"])),
+                principal=principal_from_data(data["principal"]), session=session,
+                at=self._clock())
         return Action(
             Kind.MCP, StopPoint.REQUEST_BODY, str(target["scheme"]), host, int(target["port"]),
             method="POST", path=str(target["path"]), server=str(target["server"]),
@@ -264,8 +280,10 @@ class Rollback:
             at=self._clock())
 
     async def _send(self, action: Action, data: Mapping[str, Any]) -> str:
-        """POST the ``tools/call``; returns what the server said, or raises
-        ``CompensationError``."""
+        """POST the ``tools/call`` (or send the HTTP undo request); returns what the server
+        said, or raises ``CompensationError``."""
+        if data.get("url"):
+            return await self._send_http(action, data)
         mcp = data.get("mcp") or {}
         session_id, version = mcp.get("session_id"), mcp.get("protocol_version")
         params: dict[str, Any] = {"name": action.name, "arguments": dict(action.arguments)}
@@ -312,6 +330,19 @@ class Rollback:
         if result.get("isError") is True:
             raise CompensationError(f"the tool reported an error: {_text(result)}")
         return f"{action.name} succeeded on {action.server}{where}"
+
+    async def _send_http(self, action: Action, data: Mapping[str, Any]) -> str:
+        body = dict(action.arguments)
+        try:
+            async with httpx.AsyncClient(verify=self.verify, trust_env=False,
+                                         timeout=self.timeout) as client:
+                resp = await client.request(action.method, str(data["url"]),
+                                            json=body if body else None)
+        except httpx.HTTPError as e:
+            raise CompensationError(f"the server could not be reached: {e!r}") from None
+        if not 200 <= resp.status_code < 300:
+            raise CompensationError(f"the server answered HTTP {resp.status_code}")
+        return f"{action.method} {action.target} answered HTTP {resp.status_code}"
 
     # --- evidence -------------------------------------------------------------------------
 
@@ -370,6 +401,24 @@ def _target(gateway: Gateway, action: Action, item: Compensation) -> dict[str, A
         raise ValueError(f"server `{item.server}` is not declared")
     return {"server": action.server, "scheme": action.scheme, "host": action.host,
             "port": action.port, "path": action.path}
+
+
+def _failed(result: Any) -> bool:
+    if isinstance(result, HttpResult):
+        return not 200 <= result.status < 300
+    return isinstance(result, Mapping) and result.get("isError") is True
+
+
+def _http_target(url: str) -> dict[str, Any]:
+    """Where an HTTP undo goes, as the action the adjudicator judges."""
+    parts = urlsplit(url)
+    try:
+        host = normalize_host(parts.hostname or "")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except (HostError, ValueError) as e:
+        raise Unresolvable(f"the undo url {url!r} is not usable: {e}") from None
+    return {"server": "", "scheme": parts.scheme, "host": host, "port": port,
+            "path": normalize_path(parts.path or "/")}
 
 
 def _url(action: Action) -> str:

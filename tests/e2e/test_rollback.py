@@ -188,3 +188,48 @@ def test_a_killed_session_is_rolled_back(env: dict[str, Any], agent_gone: bool) 
         assert s["session"] == session
         assert ("proxy's own" in info["detail"]) is agent_gone
     assert_reconstructable(env["state"])
+
+
+HTTP_POLICY = """
+version: 1
+name: rollback-http
+network:
+  allow_internal: [{{cidr: 127.0.0.1/32, ports: [{port}]}}]
+compensations:
+  - id: undo-http-ticket
+    match: {{host: 127.0.0.1, method: POST, path: /tickets}}
+    undo: {{method: DELETE, url: "http://127.0.0.1:{port}/tickets/{{result.ticket.id}}"}}
+rules:
+  - {{id: web, match: {{host: 127.0.0.1, method: [GET, POST, DELETE]}}, effect: allow}}
+  - id: no-purge
+    match: {{host: 127.0.0.1, method: POST, path: /purge}}
+    effect: deny
+    rollback: true
+"""
+
+
+def test_plain_http_calls_are_compensated_too(tmp_path: Path, http_upstream,
+                                              proxy_process) -> None:
+    from servers.http_upstream import CannedResponse
+
+    made = iter(["T-1", "a/../../admin?x"])
+    http_upstream.set_handler("/tickets", lambda hit: CannedResponse(
+        201, {"Content-Type": "application/json"},
+        json.dumps({"ticket": {"id": next(made)}}).encode()))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(HTTP_POLICY.format(port=http_upstream.port))
+    state = tmp_path / "state"
+    proxy = proxy_process.start_fiveplane(policy, state_dir=state)
+    with http_client(proxy.url, proxy.ca_file, timeout=60) as c:
+        for title in ("one", "two"):
+            assert c.post(f"{http_upstream.url}/tickets", json={"title": title}).status_code == 201
+        refused = c.post(f"{http_upstream.url}/purge", content=b"{}")
+    assert refused.status_code == 403 and "no-purge" in refused.text
+    deleted = [h.path for h in http_upstream.hits if h.method == "DELETE"]
+    # newest first; a value from the response is one encoded path segment, never a path
+    assert deleted == ["/tickets/a%2F..%2F..%2Fadmin%3Fx", "/tickets/T-1"]
+    assert not [h for h in http_upstream.hits if h.route == "/purge"]
+    steps = [r for r in rollback_records({"state": state}) if r["outcome"] == "compensated"]
+    assert [s["extra"]["rollback"]["step"] for s in steps] == [1, 2]
+    assert all(s["action"]["method"] == "DELETE" for s in steps)
+    assert_reconstructable(state)

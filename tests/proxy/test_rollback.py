@@ -79,6 +79,48 @@ def test_every_compensation_mistake_is_reported_at_once() -> None:
     ]
 
 
+def test_http_compensation_mistakes() -> None:
+    found = issues("""\
+        version: 1
+        name: broken
+        compensations:
+          - id: host-from-result
+            match: {host: api.example.com, method: POST, path: /tickets}
+            undo: {method: DELETE, url: "https://{result.host}/tickets/1"}
+          - id: bad-placeholder
+            match: {host: api.example.com, method: POST}
+            undo: {method: DELETE, url: "https://api.example.com/t/{id}"}
+          - id: tool-for-http
+            match: {host: api.example.com, method: POST}
+            undo: {tool: delete_ticket}
+          - id: no-url
+            match: {host: api.example.com, method: POST}
+            undo: {method: DELETE}
+        """)
+    assert found == [(6, "policy_compensation_error"), (9, "policy_compensation_error"),
+                     (12, "policy_compensation_error"), (15, "policy_compensation_error")]
+
+
+def test_http_undo_urls_encode_each_value_as_one_segment() -> None:
+    from proxy.policy.compensations import HttpResult
+
+    policy = compile_text("""\
+version: 1
+name: t
+compensations:
+  - id: undo
+    match: {host: api.example.com, method: POST, path: /tickets}
+    undo: {method: DELETE, url: "https://api.example.com/tickets/{result.id}?v={result.n}"}
+""")
+    (item,) = policy.compensations.http
+    ok = HttpResult(201, json.dumps({"id": "../admin#x", "n": 3}).encode())
+    assert item.url_for(ok) == "https://api.example.com/tickets/..%2Fadmin%23x?v=3"
+    for bad in (HttpResult(500, b'{"id": 1, "n": 1}'), HttpResult(200, b"<html>"),
+                HttpResult(200, b'{"id": {"a": 1}, "n": 1}')):
+        with pytest.raises(Unresolvable):
+            item.url_for(bad)
+
+
 def test_rollback_rules_and_paths_compile() -> None:
     policy = compile_text(POLICY)
     assert policy.rollback_rules == {"no-mass-delete", "drop"}
