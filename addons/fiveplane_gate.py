@@ -322,6 +322,9 @@ class FiveplaneGate:
             # Held for a person: this flow waits here, every other flow keeps moving.
             result = await self.gw().resolve_hold(result, check=lambda: _gone(flow))
         self._remember(flow, result)
+        if result.reply is not None and result.action is not None \
+                and ROLLBACK_KEY in result.action.extra:
+            self.gw().rollback.cancel(result.action)  # journaled, then not sent after all
         if result.rollback is not None:  # the refusal answers once the session is undone
             await self.gw().rollback.run(result.rollback, {
                 "kind": "refusal", "decision_id": result.decision_id,

@@ -125,6 +125,12 @@ class Rollback:
                             f"be journaled, so it is not sent: {e}")
         return replace(action, extra={**action.extra, EXTRA_KEY: held}), None
 
+    def cancel(self, action: Action) -> None:
+        """The call that reserved entries was not forwarded after all (its decision could
+        not be made durable): nothing to undo."""
+        for seq, _ in action.extra.get(EXTRA_KEY, ()):
+            self._void(action.session, seq)
+
     # --- 2. the result came back ------------------------------------------------------------
 
     def journal(self, request: Action, result: Any) -> None:

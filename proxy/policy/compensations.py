@@ -74,7 +74,8 @@ class Compensation:
             if isinstance(value, Mapping | list | bool):
                 raise Unresolvable(f"the result's `{'.'.join(map(str, part))}` is not a "
                                    "string or number")
-            out.append(quote(str(value), safe=""))
+            # dots too: a value of `..` must not become a dot segment that climbs
+            out.append(quote(str(value), safe="").replace(".", "%2E"))
         return "".join(out)
 
     @property

@@ -13,7 +13,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.decision import Verdict
 from proxy.errors import PolicyError
@@ -114,7 +117,7 @@ compensations:
 """)
     (item,) = policy.compensations.http
     ok = HttpResult(201, json.dumps({"id": "../admin#x", "n": 3}).encode())
-    assert item.url_for(ok) == "https://api.example.com/tickets/..%2Fadmin%23x?v=3"
+    assert item.url_for(ok) == "https://api.example.com/tickets/%2E%2E%2Fadmin%23x?v=3"
     for bad in (HttpResult(500, b'{"id": 1, "n": 1}'), HttpResult(200, b"<html>"),
                 HttpResult(200, b'{"id": {"a": 1}, "n": 1}')):
         with pytest.raises(Unresolvable):
@@ -318,3 +321,46 @@ def test_compensating_calls_trust_the_upstream_ca_the_proxy_forwards_with(
         assert hit.headers["mcp-method"] == "tools/call"
         assert hit.headers["mcp-name"] == "delete_ticket"
         assert hit.headers["mcp-protocol-version"] == "2026-07-28"
+
+
+def test_a_reserved_call_that_is_not_sent_after_all_leaves_nothing_to_undo(
+        tmp_path: Path) -> None:
+    sink = MemorySink()
+    gw = gateway(tmp_path, sink=sink)
+    reserved = gw.request(view("create_ticket", title="x"))
+    gw.rollback.cancel(reserved.action)
+    assert [e.data["state"] for e in gw.store.journal(reserved.action.session)] == ["void"]
+    assert asyncio.run(gw.rollback.run(reserved.action.session, {"kind": "test"})) == []
+    assert not [r for r in sink.records if "rollback" in r]
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(st.text(min_size=1), st.integers(),
+                       st.sampled_from([".", "..", "../..", "a/../b", "%2e%2e", "?x=1#y"])))
+def test_a_result_value_is_exactly_one_path_segment(value: str | int) -> None:
+    """Whatever the server returns, the undo URL keeps its host and its number of
+    segments, and the segment decodes back to the value."""
+    from urllib.parse import unquote, urlsplit
+
+    from proxy.policy.compensations import HttpResult
+
+    (item,) = HTTP_UNDO.compensations.http
+    url = item.url_for(HttpResult(200, json.dumps({"id": value}).encode()))
+    parts = urlsplit(url)
+    assert (parts.scheme, parts.netloc, parts.query, parts.fragment) == (
+        "https", "api.example.com", "", "")
+    prefix, segment = parts.path.rsplit("/", 1)
+    assert prefix == "/tickets" and unquote(segment) == str(value)
+    sent = httpx.URL(url)                   # what the client puts on the wire
+    assert sent.host == "api.example.com" and sent.raw_path.count(b"/") == 2
+    assert sent.raw_path.rsplit(b"/", 1)[1] not in (b".", b"..", b"")
+
+
+HTTP_UNDO = compile_text("""\
+version: 1
+name: t
+compensations:
+  - id: undo
+    match: {host: api.example.com, method: POST, path: /tickets}
+    undo: {method: DELETE, url: "https://api.example.com/tickets/{result.id}"}
+""")
