@@ -464,6 +464,16 @@ class Gateway:
             action, body = scanned
         judged = self.judge(action)
         action, decision_id, decision = judged.action, judged.decision_id, judged.decision
+        if (decision.verdict.proceeds or self._holds(decision)) \
+                and action.kind in _SESSION_KINDS:
+            # journaled before it is forwarded (or held): fail closed
+            action, why = self.rollback.reserve(action, decision_id, dict(view.headers))
+            if why is not None:
+                self._release(list(judged.charged), action.at)
+                decision_id, decision, commit = self._refusal(action, "rollback.journal", why)
+                reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
+                                   rpc_id=action.rpc_id)
+                return RequestResult(action, decision_id, decision, reply, strip, commit=commit)
         if self._holds(decision):
             assert self.approvals is not None
             try:
@@ -479,14 +489,6 @@ class Gateway:
                 return RequestResult(action, decision_id, decision, reply, strip, commit=commit)
             return RequestResult(action, decision_id, decision, None, strip, judged=judged,
                                  body=body, hold=request)
-        if decision.verdict.proceeds and action.kind in _SESSION_KINDS:
-            action, why = self.rollback.reserve(action, decision_id, dict(view.headers))
-            if why is not None:
-                self._release(list(judged.charged), action.at)
-                decision_id, decision, commit = self._refusal(action, "rollback.journal", why)
-                reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
-                                   rpc_id=action.rpc_id)
-                return RequestResult(action, decision_id, decision, reply, strip, commit=commit)
         if decision.verdict.proceeds:
             inject = credential_for(action, policy.identity)
             return RequestResult(action, decision_id, decision, None, strip, inject, judged,

@@ -364,3 +364,33 @@ compensations:
     match: {host: api.example.com, method: POST, path: /tickets}
     undo: {method: DELETE, url: "https://api.example.com/tickets/{result.id}"}
 """)
+
+
+def test_a_call_held_for_approval_is_journaled_and_compensable_once_approved(
+        tmp_path: Path) -> None:
+    from proxy.approvals import open_approvals
+
+    path = tmp_path / "held.yaml"
+    path.write_text(POLICY.replace("{id: tickets, match: {server: crm, tool: create_ticket}, "
+                                   "effect: allow}",
+                                   "{id: tickets, match: {server: crm, tool: create_ticket}, "
+                                   "effect: escalate}"))
+    approvals = open_approvals("memory:")
+    gw = Gateway(compile_file(path), MemorySink(), store=MemoryStore(), approvals=approvals)
+    held = gw.request(view("create_ticket", title="x"))
+    assert held.hold is not None and EXTRA_KEY in held.action.extra
+    session = held.action.session
+    assert [e.data["state"] for e in gw.store.journal(session)] == ["pending"]
+
+    async def approve_and_wait() -> Any:
+        waiting = asyncio.ensure_future(gw.resolve_hold(held))
+        await asyncio.sleep(0.05)
+        approvals.decide(held.hold.id, True, "alice")
+        return await asyncio.wait_for(waiting, 30)
+
+    released = asyncio.run(approve_and_wait())
+    assert released.forwarded and EXTRA_KEY in released.action.extra
+    gw.observe(released.action, {"structuredContent": {"ticket": {"id": "N-5"}}})
+    (entry,) = gw.store.journal(session)
+    assert (entry.data["state"], entry.data["arguments"]) == (
+        "ready", {"id": "N-5", "why": "rollback"})
