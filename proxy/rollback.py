@@ -161,11 +161,9 @@ class Rollback:
                                     target=_http_target(item.url_for(result)))
                 except Unresolvable as e:
                     data.update(state=UNCOMPENSABLE, why=str(e))
-                    undo = item.tool or f"{item.method} {''.join(
-                        p if isinstance(p, str) else '{…}' for p in item.url)}"
                     self._note(request, compensation_id, UNCOMPENSABLE_OUTCOME,
                                f"{request.name or request.summary()} cannot be compensated "
-                               f"by {undo}: {e}")
+                               f"by {item.undo_summary}: {e}")
                 if not gateway.store.journal_update(request.session, seq, data):
                     self._note(request, compensation_id, FAILED,
                                "the session was rolled back while this call was in flight: "

@@ -59,6 +59,14 @@ class Compensation:
     def http(self) -> bool:
         return not self.tool
 
+    @property
+    def undo_summary(self) -> str:
+        if self.tool:
+            return self.tool
+        url = "".join(p if isinstance(p, str) else "{result." + ".".join(map(str, p)) + "}"
+                      for p in self.url)
+        return f"{self.method} {url}"
+
     def url_for(self, result: Any) -> str:
         """The HTTP undo URL with its ``{result.PATH}`` values (each one encoded as a
         single path segment: a value cannot add segments, a query or a fragment)."""
