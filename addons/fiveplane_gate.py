@@ -35,7 +35,9 @@ from proxy.mcp.answer import answer_server, upstream_trust
 from proxy.mcp_response import ResponseGovernor
 from proxy.netaddr import HostError, normalize_host, parse_ip
 from proxy.policy import compile_file
+from proxy.policy.compensations import HttpResult
 from proxy.replies import Reply, deny_reply, sse_error_event
+from proxy.rollback import EXTRA_KEY as ROLLBACK_KEY
 from proxy.state import StateError, open_store
 from proxy.translate import RequestView
 
@@ -68,6 +70,7 @@ class FiveplaneGate:
         self._governors: dict[str, ResponseGovernor] = {}
         self._dns: dict[tuple[str, int], tuple[float, tuple[str, ...]]] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._rollbacks: asyncio.Task[None] | None = None
         self._resolve: Any = None
         self._tunnel_tokens: dict[str, str] = {}
         self._answering: set[asyncio.Task[bool]] = set()
@@ -95,11 +98,22 @@ class FiveplaneGate:
                           "(every record fsynced first), or `batch[:SECONDS]` (written first, "
                           "fsynced within SECONDS, default 0.05: a machine crash can lose the "
                           "last records of actions taken; a proxy crash cannot).")
+        loader.add_option("fiveplane_rollback_interval", float, 1.0,
+                          "Seconds between checks for killed sessions whose compensations "
+                          "must run (a kill may come from another process).")
         loader.add_option("fiveplane_test_faults", bool, False,
                           "Testing only: a request header `x-fiveplane-test-fault` raises "
                           "inside the addon, to prove that addon errors deny.")
 
     def configure(self, updated: set[str]) -> None:
+        self._configure(updated)
+        if self.gateway is not None and updated & {"ssl_verify_upstream_trusted_ca",
+                                                   "ssl_insecure", "fiveplane_policy"}:
+            # compensating calls trust what forwarded calls trust
+            self.gateway.rollback.trust(ctx.options.ssl_verify_upstream_trusted_ca or None,
+                                        insecure=ctx.options.ssl_insecure)
+
+    def _configure(self, updated: set[str]) -> None:
         if "fiveplane_policy" not in updated and "fiveplane_state_dir" not in updated:
             return
         path = ctx.options.fiveplane_policy
@@ -152,6 +166,8 @@ class FiveplaneGate:
             loop.getaddrinfo = self._guarded_getaddrinfo  # type: ignore[method-assign]
         if ctx.options.fiveplane_reload_interval > 0 and self._watcher is None:
             self._watcher = asyncio.create_task(self._watch_policy())
+        if ctx.options.fiveplane_rollback_interval > 0 and self._rollbacks is None:
+            self._rollbacks = asyncio.create_task(self._watch_kills())
         listen = ctx.options.fiveplane_control
         if listen != "off" and self.control is None and self.gateway is not None:
             host, _, port = listen.rpartition(":")
@@ -172,6 +188,8 @@ class FiveplaneGate:
     def done(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._rollbacks is not None:
+            self._rollbacks.cancel()
         if self.control is not None:
             stopping = self.control.stop()
             if inspect.isawaitable(stopping):
@@ -194,6 +212,14 @@ class FiveplaneGate:
             if now != last:
                 last = now
                 self.gw().reload()
+
+    async def _watch_kills(self) -> None:
+        while True:
+            await asyncio.sleep(ctx.options.fiveplane_rollback_interval)
+            try:
+                await self.gw().rollback.run_killed()
+            except Exception as e:  # keep polling: the next kill must still roll back
+                log.error("rollback of killed sessions failed: %r", e)
 
     # --- network: the address actually connected to ------------------------------------
 
@@ -308,6 +334,13 @@ class FiveplaneGate:
             # Held for a person: this flow waits here, every other flow keeps moving.
             result = await self.gw().resolve_hold(result, check=lambda: _gone(flow))
         self._remember(flow, result)
+        if result.reply is not None and result.action is not None \
+                and ROLLBACK_KEY in result.action.extra:
+            self.gw().rollback.cancel(result.action)  # journaled, then not sent after all
+        if result.rollback is not None:  # the refusal answers once the session is undone
+            await self.gw().rollback.run(result.rollback, {
+                "kind": "refusal", "decision_id": result.decision_id,
+                "rule_ids": list(result.decision.rule_ids)})
         if result.reply is not None:
             _respond(flow, result.reply)
             return
@@ -441,6 +474,9 @@ class FiveplaneGate:
         if action is None or governor is not None or resp is None:
             return
         if action.kind is not Kind.MCP:
+            if ROLLBACK_KEY in action.extra:  # journal the undo from what came back
+                body = b"" if resp.stream else (resp.get_content(strict=False) or b"")
+                self.gw().rollback.journal(action, HttpResult(resp.status_code, body))
             self._govern_plain(flow, action)
             return
         if resp.status_code >= 300 or not resp.raw_content:

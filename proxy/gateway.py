@@ -37,6 +37,8 @@ from .policy.rules import make_decision
 from .policy.sessions import Budget
 from .principal import ANONYMOUS, Principal
 from .replies import Reply, challenge, deny_reply
+from .rollback import EXTRA_KEY as ROLLBACK_KEY
+from .rollback import Rollback
 from .state import (
     ANONYMOUS_DIGEST,
     MCP_SESSION_HEADER,
@@ -97,6 +99,7 @@ class RequestResult:
     commit: Commit | None = None             # durability of the decision's record
     body: bytes | None = None                # the body to forward instead (redacted)
     hold: ApprovalRequest | None = None      # held for a human: resolve_hold() decides
+    rollback: str | None = None              # refused by a rollback rule: roll this session back
 
     @property
     def forwarded(self) -> bool:
@@ -120,6 +123,7 @@ class Gateway:
         self.mcp = McpGuard(policy.mcp, self.store, clock=clock)
         self.instance = instance
         self.policy_path = Path(policy_path) if policy_path else None
+        self.rollback = Rollback(self, clock)
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -166,16 +170,18 @@ class Gateway:
                 return judged.decision_id, self.cancel(judged, e)
         return judged.decision_id, judged.decision
 
-    def judge(self, action: Action, *, outcome: str | None = None) -> Judged:
+    def judge(self, action: Action, *, outcome: str | None = None,
+              compensating: bool = False) -> Judged:
         """Put the session context on the action, decide, charge budgets, record, then
         apply the decision's session effects (labels). The caller waits for
-        ``Judged.commit`` before letting the action through."""
+        ``Judged.commit`` before letting the action through. ``compensating``: the proxy's
+        own compensating call (rollback), which a kill of the session does not stop."""
         start = time.perf_counter_ns()
         charged: list[Charge] = []
         enforced: Decision | None = None   # what happens when it is not what was decided
         adjudicated = True
         try:
-            action = self._with_session(action)
+            action = self._with_session(action, check_kill=not compensating)
             decision = self._adjudicator.decide(action)
             if realize(decision).verdict.proceeds:
                 refusal = self._charge(action, decision, charged)
@@ -218,7 +224,7 @@ class Gateway:
 
     # --- session context --------------------------------------------------------------------
 
-    def _with_session(self, action: Action) -> Action:
+    def _with_session(self, action: Action, *, check_kill: bool = True) -> Action:
         now = action.at or self._clock()
         if action.kind not in _SESSION_KINDS:
             return replace(action, at=now)  # the decision time makes it re-decidable
@@ -230,7 +236,7 @@ class Gateway:
                    else session_key(digest, action.session or None))
         whole = principal_session(digest)
         store.touch(session, digest or ANONYMOUS_DIGEST, now)
-        killed = store.killed(session, digest)
+        killed = store.killed(session, digest) if check_kill else None
         if killed is not None:
             raise SessionKilled(killed)
         shared, own = store.marks(whole), store.marks(session)
@@ -299,7 +305,10 @@ class Gateway:
 
     def observe(self, request: Action, result: Any) -> None:
         """A result came back for ``request``: when the policy calls that output
-        untrusted, label the session and remember its values (provenance)."""
+        untrusted, label the session and remember its values (provenance). A call that
+        needs a compensation journals it from the result."""
+        if ROLLBACK_KEY in request.extra:
+            self.rollback.journal(request, result)
         if not self.policy.untrusted_output(request) or request.kind not in _SESSION_KINDS:
             return
         digest = principal_digest(request.principal)
@@ -353,6 +362,18 @@ class Gateway:
                 f"the decision could not be recorded, so it is not acted on: {commit.error}",
                 decision.policy_version, Plane.REASONING), commit
         return decision_id, enforced, commit
+
+    def record_outcome(self, action: Action | None, decision: Decision, outcome: str, *,
+                       extra: Mapping[str, Any], adjudicated: bool) -> str | None:
+        """Evidence of what came of an action the proxy took itself (a compensation)."""
+        decision_id = uuid.uuid4().hex
+        commit = self._evidence.record(action, decision, outcome=outcome,
+                                       decision_id=decision_id, adjudicated=adjudicated,
+                                       extra=extra)
+        if commit.error is not None:
+            log.error("%s", commit.error)
+            return None
+        return decision_id
 
     def _holds(self, decision: Decision) -> bool:
         """Escalations wait for a person when there is an approval store to ask."""
@@ -443,6 +464,16 @@ class Gateway:
             action, body = scanned
         judged = self.judge(action)
         action, decision_id, decision = judged.action, judged.decision_id, judged.decision
+        if (decision.verdict.proceeds or self._holds(decision)) \
+                and action.kind in _SESSION_KINDS:
+            # journaled before it is forwarded (or held): fail closed
+            action, why = self.rollback.reserve(action, decision_id, dict(view.headers))
+            if why is not None:
+                self._release(list(judged.charged), action.at)
+                decision_id, decision, commit = self._refusal(action, "rollback.journal", why)
+                reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
+                                   rpc_id=action.rpc_id)
+                return RequestResult(action, decision_id, decision, reply, strip, commit=commit)
         if self._holds(decision):
             assert self.approvals is not None
             try:
@@ -466,7 +497,10 @@ class Gateway:
                            rpc_id=action.rpc_id)
         if decision.rule_ids == ("identity.anonymous",) and action.kind is Kind.HTTP:
             reply = challenge(reply)
-        return RequestResult(action, decision_id, decision, reply, strip, judged=judged)
+        rollback = (action.session if action.kind in _SESSION_KINDS
+                    and policy.rolls_back(decision) else None)
+        return RequestResult(action, decision_id, decision, reply, strip, judged=judged,
+                             rollback=rollback)
 
     async def resolve_hold(self, result: RequestResult,
                            check: Callable[[], str | None] | None = None) -> RequestResult:

@@ -23,7 +23,9 @@ A record line is ``{"body": BODY, "chain", "instance", "prev", "seq", "type", "v
 ``basis``       ``adjudicated`` (re-decidable from the policy) or ``refused`` (decided by
                 mediation before/outside the adjudicator: unparseable input, addon error)
 ``policy``      the policy version (``sha256:<hex>`` of the YAML text; see PolicyStore)
-``outcome``     forwarded | denied | refused | held | redacted | cut | compensated
+``outcome``     forwarded | denied | refused | held | redacted | cut | compensated |
+                compensation_failed | uncompensable (the last three: rollback, with
+                ``extra.rollback`` saying which compensation, step and trigger)
 ``approver``    optional: who approved (escalations)
 ``latency_us``  ``{"adjudication", "total"}`` in µs
 ``sealed``      optional: base64(nonce ‖ AES-256-GCM ciphertext) of
@@ -84,7 +86,9 @@ class Outcome(StrEnum):
     HELD = "held"
     REDACTED = "redacted"
     CUT = "cut"
-    COMPENSATED = "compensated"
+    COMPENSATED = "compensated"                   # a compensating call succeeded
+    COMPENSATION_FAILED = "compensation_failed"   # refused, unreachable, or it failed
+    UNCOMPENSABLE = "uncompensable"               # a call whose undo cannot be journaled
 
 
 # --- Action <-> data (lossless) -------------------------------------------------------------

@@ -6,13 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..action import Action
-from ..decision import Decision
+from ..decision import Decision, Verdict
 from ..dlp.policy import DataConfig
 from ..identity.config import IdentityConfig
 from ..identity.plane import IdentityPlane
 from ..mcp.config import McpConfig
 from ..planes.endpoint import EndpointPlane
 from ..planes.network import NetworkPlane
+from .compensations import Compensations
 from .match import CompiledMatch
 from .rules import Rule
 from .sessions import Budget
@@ -49,6 +50,15 @@ class CompiledPolicy:
     data: DataConfig | None = None                 # detectors and what to do when they fire
     approval_timeout: float = 300.0                # seconds a held call waits for a person
     mcp: McpConfig = field(default_factory=McpConfig)  # pinning, screening, shadowing, binding
+    compensations: Compensations = field(default_factory=Compensations)
+    rollback_rules: frozenset[str] = frozenset()   # rules whose refusal rolls the session back
+
+    def rolls_back(self, decision: Decision) -> bool:
+        """Whether enforcing ``decision`` rolls its session back."""
+        if decision.verdict.proceeds:
+            return False
+        return decision.verdict is Verdict.ROLLBACK or not self.rollback_rules.isdisjoint(
+            decision.rule_ids)
 
     def untrusted_output(self, action: Action) -> bool:
         """Whether the result of ``action`` is untrusted content."""

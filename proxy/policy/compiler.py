@@ -36,6 +36,7 @@ from ..paths import normalize_path
 from ..planes.endpoint import ANY, EndpointPlane
 from ..planes.network import Destination, DestinationIndex, InternalException, NetworkPlane
 from . import loader
+from .compensations import Compensations, compile_compensations
 from .compiled import CompiledPolicy, ServerRef
 from .match import compile_match, unknown_servers
 from .matchers import is_glob
@@ -248,6 +249,11 @@ def _rule(ctx: _Ctx, i: int, spec: dict[str, Any], servers: set[str], seen: dict
     if compiled is None and match:
         return None
     verdict = Verdict(spec["effect"])
+    if spec.get("rollback") and verdict not in (Verdict.DENY, Verdict.ROLLBACK):
+        ctx.issue("policy_conflict_error",
+                  f"`rollback: true` needs a refusing rule (effect deny or rollback), not "
+                  f"`{verdict.value}`: only a refusal rolls the session back",
+                  (*path, "rollback"))
     reason = spec.get("reason") or default_reason(rid, verdict)
     directives: tuple[Directive, ...] = ()
     if spec.get("labels"):
@@ -359,6 +365,15 @@ def compile_text(text: str, filename: str = "<policy>", *,
             ctx.issue(code, message, where)
     except tolerated:
         pass
+    compensations = Compensations()
+    try:
+        compensations, found = compile_compensations(
+            doc.get("compensations", []), frozenset(names),
+            lambda where: loader.line_of(doc, where))
+        for code, message, where in found:
+            ctx.issue(code, message, where)
+    except tolerated:
+        pass
     if ctx.issues:
         raise PolicyError(sorted(ctx.issues, key=lambda i: i.line)[:MAX_ISSUES])
     assert network is not None
@@ -392,6 +407,10 @@ def compile_text(text: str, filename: str = "<policy>", *,
         approval_timeout=float(defaults.get("approval_timeout", 300.0)),
         rules=tuple(rules),
         servers=servers,
+        compensations=compensations,
+        rollback_rules=frozenset(
+            spec["id"] for spec in doc.get("rules", [])
+            if spec.get("rollback") or spec.get("effect") == Verdict.ROLLBACK.value),
     )
 
 

@@ -20,6 +20,7 @@ from .errors import StateError
 from .provenance import normalized_digests
 from .store import (
     MAX_EVENTS,
+    MAX_JOURNAL,
     MAX_LABELS,
     MAX_VALUES,
     BudgetKey,
@@ -33,6 +34,7 @@ from .store import (
     check_limit_arg,
     check_principal,
     check_reason,
+    check_seq,
     check_session,
     check_source,
     check_time,
@@ -64,8 +66,9 @@ class _Values:
 
 class MemoryStore:
     def __init__(self, *, max_labels: int = MAX_LABELS, max_events: int = MAX_EVENTS,
-                 max_values: int = MAX_VALUES) -> None:
+                 max_values: int = MAX_VALUES, max_journal: int = MAX_JOURNAL) -> None:
         self.max_labels = max_labels
+        self.max_journal = max_journal
         self.max_events = max_events
         self.max_values = max_values
         self._lock = threading.Lock()
@@ -78,6 +81,7 @@ class MemoryStore:
         self._seq = 0
         self._budgets: dict[tuple[str, str, str, float, int], int] = {}
         self._values: dict[str, _Values] = {}
+        self._journal: dict[str, dict[int, tuple[float, str]]] = {}   # seq order = age
 
     def __repr__(self) -> str:
         return f"MemoryStore(sessions={len(self._sessions)})"
@@ -302,6 +306,54 @@ class MemoryStore:
                 if entry is not None and (entry[1] is None or entry[1] > now):
                     out[value] = entry[0]
         return out
+
+    # --- compensation journal ------------------------------------------------------------
+
+    def journal_add(self, session: str, entry: Mapping[str, Any], now: float) -> int:
+        check_session(session)
+        text = encode_event(entry)
+        now = check_time(now)
+        with self._lock:
+            self._open()
+            held = self._journal.setdefault(session, {})
+            if len(held) >= self.max_journal:
+                raise StateError(f"session {session} already journals {self.max_journal} "
+                                 "compensations; refusing rather than dropping one")
+            self._seq += 1
+            held[self._seq] = (now, text)
+            self._active(session, now)
+            return self._seq
+
+    def journal_update(self, session: str, seq: int, entry: Mapping[str, Any]) -> bool:
+        check_session(session)
+        check_seq(seq)
+        text = encode_event(entry)
+        with self._lock:
+            self._open()
+            held = self._journal.get(session)
+            if held is None or seq not in held:
+                return False
+            held[seq] = (held[seq][0], text)
+            return True
+
+    def journal(self, session: str) -> list[Event]:
+        check_session(session)
+        with self._lock:
+            self._open()
+            rows = list(self._journal.get(session, {}).items())
+        return [Event(seq, at, json.loads(text)) for seq, (at, text) in rows]
+
+    def journal_take(self, session: str) -> list[Event]:
+        check_session(session)
+        with self._lock:
+            self._open()
+            held = self._journal.pop(session, {})
+        return [Event(seq, at, json.loads(text)) for seq, (at, text) in held.items()]
+
+    def journal_sessions(self) -> list[str]:
+        with self._lock:
+            self._open()
+            return sorted(s for s, held in self._journal.items() if held)
 
     # --- maintenance ----------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ Keys (``prefix`` defaults to ``fp:``; ``{sid}`` is the session key as a hash tag
     fp:vt:{sid}       zset   plain-text digests by time (evicted first)
     fp:vs:{sid}       zset   identifier digests by time (evicted last)
     fp:vexp           zset   digest+sid -> expires (purge of expired values)
+    fp:j:{sid}        hash   seq -> "at json"               (compensation journal)
+    fp:jsessions      set    sessions holding journal entries
     fp:kills          hash   "s:<sid>" / "p:<principal>" -> reason (first kept)
     fp:killat         hash   same fields -> time of the kill
     fp:inv            channel: cache invalidations (published by the mark/kill scripts)
@@ -138,6 +140,7 @@ from .errors import StateError
 from .provenance import normalized_digests
 from .store import (
     MAX_EVENTS,
+    MAX_JOURNAL,
     MAX_KEY_CHARS,
     MAX_LABELS,
     MAX_VALUES,
@@ -153,6 +156,7 @@ from .store import (
     check_limit_arg,
     check_principal,
     check_reason,
+    check_seq,
     check_session,
     check_source,
     check_time,
@@ -241,6 +245,34 @@ redis.call('RPUSH', KEYS[1], string.format('%d', seq) .. ' ' .. ARGV[2] .. ' ' .
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[4]), -1)
 active(KEYS[3], KEYS[4], ARGV[1], ARGV[2])
 return seq
+"""
+
+# KEYS: journal, sequence, journal sessions, session hash, session index
+# ARGV: sid, now, json, max. Returns the seq, or -1 (full: nothing changed).
+_JOURNAL_ADD = _ACTIVE + """
+if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then return -1 end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], string.format('%d', seq), ARGV[2] .. ' ' .. ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[1])
+active(KEYS[4], KEYS[5], ARGV[1], ARGV[2])
+return seq
+"""
+
+# KEYS: journal. ARGV: seq, json. Returns 1 (replaced) or 0 (not journaled).
+_JOURNAL_UPDATE = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+local at = string.sub(old, 1, string.find(old, ' ', 1, true) - 1)
+redis.call('HSET', KEYS[1], ARGV[1], at .. ' ' .. ARGV[2])
+return 1
+"""
+
+# KEYS: journal, journal sessions. ARGV: sid. Returns the hash (flat), now deleted.
+_JOURNAL_TAKE = """
+local all = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return all
 """
 
 # KEYS: counter, window ends index[, session's counter set]
@@ -435,6 +467,15 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + host))
 
 
+def _journal_events(pairs: list[tuple[bytes, bytes]]) -> list[Event]:
+    out = []
+    for seq, value in pairs:
+        at, data = value.split(b" ", 1)
+        out.append(Event(int(seq), float(at), json.loads(data)))
+    out.sort(key=lambda e: e.seq)
+    return out
+
+
 def _num(t: float) -> str:
     """A time as Redis stores it: Python's shortest exact repr."""
     return repr(float(t))
@@ -459,7 +500,8 @@ class RedisStore:
                  stale_after: float = 0.5, connect: bool = True,
                  touch_interval: float = 1.0, cache_sessions: int = 4096,
                  window_grace: float = 60.0, max_labels: int = MAX_LABELS,
-                 max_events: int = MAX_EVENTS, max_values: int = MAX_VALUES) -> None:
+                 max_events: int = MAX_EVENTS, max_values: int = MAX_VALUES,
+                 max_journal: int = MAX_JOURNAL) -> None:
         if not isinstance(prefix, str) or not prefix or len(prefix) > MAX_KEY_CHARS:
             raise ValueError("prefix must be a short non-empty string")
         if not (isinstance(timeout, int | float) and math.isfinite(timeout) and timeout > 0):
@@ -477,6 +519,7 @@ class RedisStore:
         self.max_labels = max_labels
         self.max_events = max_events
         self.max_values = max_values
+        self.max_journal = max_journal
         try:
             self._r = redis.Redis.from_url(
                 url, socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
@@ -495,6 +538,7 @@ class RedisStore:
         self._k_vexp = p + "vexp"
         self._k_kills = p + "kills"
         self._k_killat = p + "killat"
+        self._k_jsessions = p + "jsessions"
         self._ch_inv = (p + "inv").encode()
         self._origin = uuid.uuid4().hex
 
@@ -510,6 +554,9 @@ class RedisStore:
         self._s_purge_sessions = reg(_PURGE_SESSIONS)
         self._s_purge_values = reg(_PURGE_VALUES)
         self._s_purge_budgets = reg(_PURGE_BUDGETS)
+        self._s_journal_add = reg(_JOURNAL_ADD)
+        self._s_journal_update = reg(_JOURNAL_UPDATE)
+        self._s_journal_take = reg(_JOURNAL_TAKE)
 
         self._closed = False
         # caches: marks snapshots (LRU) and the kill list, valid until _valid_until
@@ -858,6 +905,44 @@ class RedisStore:
             if not expires or float(expires) > now:
                 out[value] = source.decode()
         return out
+
+    # --- compensation journal ------------------------------------------------------------
+
+    def journal_add(self, session: str, entry: Mapping[str, Any], now: float) -> int:
+        check_session(session)
+        text = encode_event(entry)
+        now = check_time(now)
+        seq = int(self._run("journal add", self._s_journal_add,
+                            keys=[self._tag("j", session), self._k_seq, self._k_jsessions,
+                                  self._tag("s", session), self._k_sessions],
+                            args=[session, _num(now), text, self.max_journal]))
+        if seq < 0:
+            raise StateError(f"session {session} already journals {self.max_journal} "
+                             "compensations; refusing rather than dropping one")
+        return seq
+
+    def journal_update(self, session: str, seq: int, entry: Mapping[str, Any]) -> bool:
+        check_session(session)
+        check_seq(seq)
+        text = encode_event(entry)
+        return bool(self._run("journal update", self._s_journal_update,
+                              keys=[self._tag("j", session)], args=[seq, text]))
+
+    def journal(self, session: str) -> list[Event]:
+        check_session(session)
+        raw = self._run("journal", self._r.hgetall, self._tag("j", session))
+        return _journal_events(list(raw.items()))
+
+    def journal_take(self, session: str) -> list[Event]:
+        check_session(session)
+        flat = self._run("journal take", self._s_journal_take,
+                         keys=[self._tag("j", session), self._k_jsessions], args=[session])
+        return _journal_events(list(zip(flat[::2], flat[1::2], strict=True)))
+
+    def journal_sessions(self) -> list[str]:
+        self._check_open()
+        return sorted(m.decode() for m in self._run("journal sessions", self._r.smembers,
+                                                    self._k_jsessions))
 
     # --- maintenance ----------------------------------------------------------------------
 

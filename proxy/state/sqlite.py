@@ -39,6 +39,7 @@ from .provenance import normalized_digests
 from .sqlite_db import SqliteDb
 from .store import (
     MAX_EVENTS,
+    MAX_JOURNAL,
     MAX_LABELS,
     MAX_VALUES,
     BudgetKey,
@@ -52,6 +53,7 @@ from .store import (
     check_limit_arg,
     check_principal,
     check_reason,
+    check_seq,
     check_session,
     check_source,
     check_time,
@@ -94,6 +96,12 @@ SCHEMA: list[list[str]] = [
         "CREATE INDEX provenance_age ON provenance(session, strong, at)",
         "CREATE INDEX provenance_expires ON provenance(expires) WHERE expires IS NOT NULL",
     ],
+    [  # version 2: the compensation journal (rollback)
+        """CREATE TABLE journal(
+             seq INTEGER PRIMARY KEY AUTOINCREMENT, session TEXT NOT NULL,
+             at REAL NOT NULL, data TEXT NOT NULL)""",
+        "CREATE INDEX journal_session ON journal(session, seq)",
+    ],
 ]
 
 _ACTIVE = ("INSERT INTO sessions(session, principal, first_seen, last_seen) VALUES(?, NULL, ?, ?) "
@@ -108,7 +116,8 @@ class SqliteStore:
     def __init__(self, path: str | Path, *, shared: bool = False, durable: bool = False,
                  busy_timeout: float = 5.0, cache_sessions: int = 4096,
                  touch_interval: float = 1.0, max_labels: int = MAX_LABELS,
-                 max_events: int = MAX_EVENTS, max_values: int = MAX_VALUES) -> None:
+                 max_events: int = MAX_EVENTS, max_values: int = MAX_VALUES,
+                 max_journal: int = MAX_JOURNAL) -> None:
         self._db = SqliteDb(path, busy_timeout=busy_timeout, durable=durable)
         try:
             self._db.migrate("state", SCHEMA)
@@ -122,6 +131,7 @@ class SqliteStore:
         self.max_labels = max_labels
         self.max_events = max_events
         self.max_values = max_values
+        self.max_journal = max_journal
         self._lock = self._db.lock
         self._marks: OrderedDict[str, MappingProxyType[str, float]] = OrderedDict()
         self._touched: OrderedDict[str, tuple[str, float]] = OrderedDict()
@@ -439,6 +449,52 @@ class SqliteStore:
                     if expires is None or expires > now:
                         out[by_digest[bytes(digest)]] = source
         return out
+
+    # --- compensation journal ------------------------------------------------------------
+
+    def journal_add(self, session: str, entry: Mapping[str, Any], now: float) -> int:
+        check_session(session)
+        text = encode_event(entry)
+        now = check_time(now)
+        with self._db.write("journal add") as c:
+            held = c.execute("SELECT count(*) FROM journal WHERE session = ?",
+                             (session,)).fetchone()[0]
+            if held >= self.max_journal:
+                raise StateError(f"session {session} already journals {self.max_journal} "
+                                 "compensations; refusing rather than dropping one")
+            seq = c.execute("INSERT INTO journal(session, at, data) VALUES(?, ?, ?) "
+                            "RETURNING seq", (session, now, text)).fetchone()[0]
+            c.execute(_ACTIVE, (session, now, now))
+        return int(seq)
+
+    def journal_update(self, session: str, seq: int, entry: Mapping[str, Any]) -> bool:
+        check_session(session)
+        check_seq(seq)
+        text = encode_event(entry)
+        with self._db.write("journal update") as c:
+            return c.execute("UPDATE journal SET data = ? WHERE seq = ? AND session = ?",
+                             (text, seq, session)).rowcount == 1
+
+    def journal(self, session: str) -> list[Event]:
+        check_session(session)
+        with self._db.read("journal") as c:
+            rows = c.execute("SELECT seq, at, data FROM journal WHERE session = ? "
+                             "ORDER BY seq", (session,)).fetchall()
+        return [Event(seq, at, json.loads(data)) for seq, at, data in rows]
+
+    def journal_take(self, session: str) -> list[Event]:
+        check_session(session)
+        # One write transaction: another connection (process) deleting the same rows
+        # waits for it and then finds none.
+        with self._db.write("journal take") as c:
+            rows = c.execute("DELETE FROM journal WHERE session = ? RETURNING seq, at, data",
+                             (session,)).fetchall()
+        return [Event(seq, at, json.loads(data)) for seq, at, data in sorted(rows)]
+
+    def journal_sessions(self) -> list[str]:
+        with self._db.read("journal sessions") as c:
+            return [row[0] for row in c.execute(
+                "SELECT DISTINCT session FROM journal ORDER BY session")]
 
     # --- maintenance ----------------------------------------------------------------------
 

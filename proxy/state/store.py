@@ -36,6 +36,7 @@ MAX_EVENTS = 1_000           # events kept; older ones are dropped
 MAX_EVENT_BYTES = 65_536     # one event, as compact JSON
 MAX_VALUES = 10_000          # provenance values; plain text evicted before identifiers
 MAX_REASON_CHARS = 2_000     # kill reasons
+MAX_JOURNAL = 1_000          # compensations journaled; one more raises StateError (never drops)
 
 # Budget arithmetic is fixed point: amounts are counted in millionths, as integers, so
 # sums are exact (0.1 + 0.2 == 0.3) in SQLite and in Redis (INCRBY; Lua numbers are
@@ -236,6 +237,36 @@ class StateStore(Protocol):
         not expired at ``now`` (``None``: ``time.time()``)."""
         ...
 
+    # --- compensation journal ----------------------------------------------------------
+    # What the proxy must undo when the session is rolled back: one JSON entry per
+    # side-effecting call (``proxy/rollback.py`` owns the entry format). Entries are never
+    # dropped to make room (``StateError`` past ``MAX_JOURNAL``), ``purge`` keeps them, and
+    # ``journal_take`` hands each one out exactly once, whatever the number of callers,
+    # threads, processes or replicas.
+
+    def journal_add(self, session: str, entry: Mapping[str, Any], now: float) -> int:
+        """Append a JSON-serializable entry (``ValueError`` if not, or over
+        ``MAX_EVENT_BYTES``); returns its ``seq``, unique in the store and growing."""
+        ...
+
+    def journal_update(self, session: str, seq: int, entry: Mapping[str, Any]) -> bool:
+        """Replace the data of entry ``seq`` while it is still journaled (its time and
+        place stay). ``False``: it was taken already (or never existed)."""
+        ...
+
+    def journal(self, session: str) -> list[Event]:
+        """The session's journaled entries, oldest first (read only)."""
+        ...
+
+    def journal_take(self, session: str) -> list[Event]:
+        """Atomically remove and return every entry of the session, oldest first: of
+        concurrent callers, one gets each entry and the others get none of it."""
+        ...
+
+    def journal_sessions(self) -> list[str]:
+        """Sessions that hold journaled entries (sorted)."""
+        ...
+
     # --- maintenance ----------------------------------------------------------------------
 
     def purge(self, now: float, idle_seconds: float) -> int:
@@ -368,6 +399,12 @@ def encode_event(event: object) -> str:
     if len(text) > MAX_EVENT_BYTES:
         raise ValueError(f"an event must be at most {MAX_EVENT_BYTES} bytes as JSON")
     return text
+
+
+def check_seq(seq: object) -> int:
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        raise ValueError(f"a journal seq must be a positive integer, got {seq!r}")
+    return seq
 
 
 def check_limit_arg(limit: object) -> int:

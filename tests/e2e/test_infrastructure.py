@@ -21,7 +21,7 @@ from clients import (
 pytestmark = pytest.mark.e2e
 
 TOOLS = {"get_customer", "refund", "delete_all", "echo", "list_tickets", "read_transactions",
-         "get_payees", "send_money"}
+         "get_payees", "send_money", "create_ticket", "delete_ticket", "list_created_tickets"}
 EXPECTED_VERSION = {"legacy": "2025-11-25", "auto": "2026-07-28"}
 
 

@@ -175,6 +175,31 @@ def build_server(name: str = "crm", calls_log: str | None = None) -> MCPServer:
         log.record("send_money", {"recipient": recipient, "amount": amount}, ctx)
         return f"sent {amount} to {recipient}"
 
+    # Stateful tickets (rollback tests): what a session created, and its compensation.
+    created: dict[str, dict[str, Any]] = {}
+    counter = iter(range(1, 1_000_000))
+
+    @mcp.tool(description="Open a support ticket; returns its id.")
+    def create_ticket(title: str, ctx: Context) -> dict[str, Any]:
+        log.record("create_ticket", {"title": title}, ctx)
+        ticket = {"id": f"N-{next(counter)}", "title": title}
+        created[ticket["id"]] = ticket
+        return ticket
+
+    @mcp.tool(description="Delete a ticket by id.",
+              annotations=ToolAnnotations(destructiveHint=True, idempotentHint=True))
+    def delete_ticket(id: str, ctx: Context) -> str:
+        log.record("delete_ticket", {"id": id}, ctx)
+        if created.pop(id, None) is None:
+            raise ValueError(f"no ticket {id}")
+        return f"deleted {id}"
+
+    @mcp.tool(description="Tickets opened with create_ticket and not deleted.",
+              annotations=ToolAnnotations(readOnlyHint=True))
+    def list_created_tickets(ctx: Context) -> dict[str, Any]:
+        log.record("list_created_tickets", {}, ctx)
+        return {"tickets": sorted(created.values(), key=lambda t: int(t["id"][2:]))}
+
     @mcp.resource(
         "crm://customers/{id}",
         name="customer",

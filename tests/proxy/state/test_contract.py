@@ -384,6 +384,104 @@ def test_remember_rejects_bad_arguments(store: StateStore) -> None:
     assert store.seen(S1, [ATTACKER_IBAN], now=2.0) == {}
 
 
+# --- compensation journal --------------------------------------------------------------------
+
+
+def test_journal_keeps_entries_in_order_until_taken(store: StateStore) -> None:
+    a = store.journal_add(S1, {"undo": "delete T-1"}, 1.0)
+    b = store.journal_add(S1, {"undo": "delete T-2"}, 2.0)
+    store.journal_add(S2, {"undo": "other session"}, 3.0)
+    assert a < b
+    assert [(e.seq, e.at, e.data) for e in store.journal(S1)] == [
+        (a, 1.0, {"undo": "delete T-1"}), (b, 2.0, {"undo": "delete T-2"})]
+    assert store.journal_sessions() == sorted([S1, S2])
+    taken = store.journal_take(S1)
+    assert [e.data["undo"] for e in taken] == ["delete T-1", "delete T-2"]
+    assert store.journal_take(S1) == [] and store.journal(S1) == []   # exactly once
+    assert store.journal_sessions() == [S2]
+    assert [e.data for e in store.journal(S2)] == [{"undo": "other session"}]
+
+
+def test_journal_update_replaces_only_what_is_still_journaled(store: StateStore) -> None:
+    seq = store.journal_add(S1, {"state": "pending"}, 5.0)
+    assert store.journal_update(S1, seq, {"state": "ready", "id": "T-9"}) is True
+    (entry,) = store.journal(S1)
+    assert (entry.seq, entry.at, entry.data) == (seq, 5.0, {"state": "ready", "id": "T-9"})
+    assert store.journal_update(S2, seq, {"state": "stolen"}) is False   # another session's
+    assert store.journal_take(S1)[0].data["id"] == "T-9"
+    assert store.journal_update(S1, seq, {"state": "late"}) is False     # taken already
+    assert store.journal(S1) == []
+
+
+def test_journal_is_bounded_and_never_drops(make_store: Factory) -> None:
+    store = make_store(max_journal=2)
+    store.journal_add(S1, {"n": 1}, 1.0)
+    store.journal_add(S1, {"n": 2}, 1.0)
+    with pytest.raises(StateError):
+        store.journal_add(S1, {"n": 3}, 1.0)
+    assert [e.data["n"] for e in store.journal(S1)] == [1, 2]
+
+
+def test_journal_survives_purge(store: StateStore) -> None:
+    store.journal_add(S1, {"undo": 1}, 1.0)
+    store.purge(now=1000.0, idle_seconds=1.0)
+    assert [e.data for e in store.journal(S1)] == [{"undo": 1}]
+
+
+@pytest.mark.parametrize("entry", [{"x": float("nan")}, {"x": object()}, ["not", "a", "map"]])
+def test_bad_journal_entries_are_refused(store: StateStore, entry: Any) -> None:
+    with pytest.raises(ValueError):
+        store.journal_add(S1, entry, 1.0)
+    assert store.journal(S1) == []
+    with pytest.raises(ValueError):
+        store.journal_update(S1, 0, {})
+
+
+def test_journal_take_hands_out_each_entry_once_under_concurrency(store: StateStore) -> None:
+    import threading
+
+    n = 200
+    added = {store.journal_add(S1, {"i": i}, float(i)) for i in range(n)}
+    twins = [t for t in (_twin(store) for _ in range(3)) if t is not None]
+    readers = [store, *twins] * (8 // (1 + len(twins)))
+    got: list[list[int]] = []
+    start = threading.Barrier(len(readers))
+
+    def take(reader: StateStore) -> None:
+        start.wait()
+        mine: list[int] = []
+        for _ in range(20):
+            mine.extend(e.seq for e in reader.journal_take(S1))
+        got.append(mine)
+
+    threads = [threading.Thread(target=take, args=(r,)) for r in readers]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        for twin in twins:
+            twin.close()
+    flat = [seq for mine in got for seq in mine]
+    assert sorted(flat) == sorted(added)          # every entry once, none twice
+
+
+def _twin(store: StateStore) -> StateStore | None:
+    """Another store object on the same data (another process would hold one), where the
+    backend shares between objects."""
+    from proxy.state import SqliteStore
+
+    if isinstance(store, SqliteStore) and store.shared:
+        return SqliteStore(store.path, shared=True)
+    if type(store).__name__ == "RedisStore":
+        from proxy.state.redis_store import RedisStore
+
+        assert isinstance(store, RedisStore)
+        return RedisStore(store.url, prefix=store.prefix)
+    return None
+
+
 # --- maintenance -----------------------------------------------------------------------------
 
 
@@ -436,6 +534,9 @@ def test_a_closed_store_raises_state_error(store: StateStore) -> None:
         lambda: store.seen(S1, [ATTACKER_IBAN], now=2.0),
         lambda: store.list_sessions(),
         lambda: store.purge(2.0, 1.0),
+        lambda: store.journal_add(S1, {}, 2.0),
+        lambda: store.journal_take(S1),
+        lambda: store.journal_sessions(),
     ]
     for call in calls:
         with pytest.raises(StateError):
