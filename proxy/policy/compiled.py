@@ -16,6 +16,7 @@ from ..planes.network import NetworkPlane
 from .match import CompiledMatch
 from .rules import Rule
 from .sessions import Budget
+from .until import Completion
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,9 @@ class CompiledPolicy:
     data: DataConfig | None = None                 # detectors and what to do when they fire
     approval_timeout: float = 300.0                # seconds a held call waits for a person
     mcp: McpConfig = field(default_factory=McpConfig)  # pinning, screening, shadowing, binding
+    completions: tuple[Completion, ...] = ()       # completed calls some `until` waits for
+    awaited_approvals: frozenset[str] = frozenset()  # rules whose approvals some `until` names
+    rules_by_id: Mapping[str, Rule] = field(default_factory=dict)
 
     def untrusted_output(self, action: Action) -> bool:
         """Whether the result of ``action`` is untrusted content."""
