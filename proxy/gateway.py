@@ -311,7 +311,8 @@ class Gateway:
     def observe(self, request: Action, result: Any) -> None:
         """A result came back for ``request``: when the policy calls that output
         untrusted, label the session and remember its values (provenance)."""
-        self.completed(request, not (isinstance(result, Mapping) and result.get("isError")))
+        self.completed(request, isinstance(result, Mapping) and not result.get("isError")
+                       and result.get("resultType", "complete") == "complete")
         if not self.policy.untrusted_output(request) or request.kind not in _SESSION_KINDS:
             return
         digest = principal_digest(request.principal)

@@ -257,3 +257,48 @@ def test_pause_waits_for_a_person_and_pause_until_resumes_by_itself(
     resumed = json.loads(approvals_cli(env, "show", request["id"]))
     assert resumed["status"] == "cancelled" and "resumed" in resumed["note"]
     assert_reconstructable(env["state"])
+
+
+HTTP_POLICY = """
+version: 1
+name: defer-http
+network:
+  allow_internal: [{{cidr: 127.0.0.1/32, ports: [{port}]}}]
+rules:
+  - {{id: web, match: {{host: 127.0.0.1, method: [GET, POST]}}, effect: allow}}
+  - id: upload-after-status-check
+    match: {{host: 127.0.0.1, method: POST, path: /upload}}
+    effect: defer
+    until: {{completed: {{host: 127.0.0.1, method: GET, path: /status}}}}
+    timeout: 20
+"""
+
+
+def test_plain_http_call_deferred_until_a_successful_check(
+        tmp_path: Path, http_upstream: Any, proxy_process: Any) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(HTTP_POLICY.format(port=http_upstream.port))
+    state = tmp_path / "state"
+    proxy = proxy_process.start_fiveplane(policy, state_dir=state)
+    out: dict[str, Any] = {}
+
+    def upload() -> None:
+        with http_client(proxy.url, proxy.ca_file, timeout=60) as c:
+            out["response"] = c.post(f"{http_upstream.url}/upload", content=b"report")
+
+    thread = threading.Thread(target=upload)
+    thread.start()
+    time.sleep(1.5)
+    assert thread.is_alive() and http_upstream.hits == []
+    http_upstream.set_response("/status", status=503, body="down")
+    with http_client(proxy.url, proxy.ca_file) as c:
+        assert c.get(f"{http_upstream.url}/status/other").status_code == 200  # other path
+        assert c.get(f"{http_upstream.url}/status").status_code == 503        # not a success
+        time.sleep(1.5)
+        assert thread.is_alive()
+        http_upstream.set_response("/status", status=200, body="up")
+        assert c.get(f"{http_upstream.url}/status").status_code == 200
+    thread.join(10)
+    assert out["response"].status_code == 200, out["response"].text
+    assert [h.method for h in http_upstream.hits] == ["GET", "GET", "GET", "POST"]
+    assert_reconstructable(state)
