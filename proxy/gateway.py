@@ -62,8 +62,10 @@ _SESSION_KINDS = frozenset({Kind.HTTP, Kind.MCP, Kind.MCP_SERVER})
 # can realize them they are enforced as deny, and the reason says so.
 _UNREALIZED = {
     Verdict.ESCALATE: "requires human approval, and no approval store is configured",
-    Verdict.PAUSE: "asks for a pause, and no resume source is configured",
-    Verdict.DEFER: "asks to defer, and no deferral queue is configured",
+    Verdict.PAUSE: "asks for a pause, and this message cannot be held here (no approval "
+                   "store, or a server message inside a response)",
+    Verdict.DEFER: "asks to defer, and this message cannot be parked here (no approval "
+                   "store, or a server message inside a response)",
     Verdict.NARROW: "asks to narrow the call, and no narrowing directive is defined",
     Verdict.MODIFY: "asks to modify the call, and no modification directive is defined",
 }

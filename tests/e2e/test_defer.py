@@ -51,7 +51,7 @@ rules:
     match: {{server: crm, tool: echo}}
     effect: defer
     until: {{window: {{from: "{opens}", to: "{closes}", tz: UTC}}}}
-    timeout: 30
+    timeout: {window_timeout}
   - id: customer-pause
     match: {{server: crm, tool: get_customer, args: {{customer_id: {{eq: c-person}}}}}}
     effect: pause
@@ -64,13 +64,14 @@ rules:
 
 
 def start(tmp_path: Path, mcp_server: Any, proxy_process: Any, *, refund_timeout: float = 20,
-          window_in: float = 3600) -> dict[str, Any]:
+          window_in: float = 3600, window_timeout: float = 30) -> dict[str, Any]:
     server = mcp_server.start(json_response=True)
     opens = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=window_in)).replace(microsecond=0)
     closes = opens + dt.timedelta(hours=2)
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.format(port=server.port, url=server.url,
                                     refund_timeout=refund_timeout,
+                                    window_timeout=window_timeout,
                                     opens=opens.strftime("%H:%M:%S"),
                                     closes=closes.strftime("%H:%M:%S")))
     state = tmp_path / "state"
@@ -205,11 +206,10 @@ def test_call_outside_its_window_waits_for_the_window_to_open(
 
 def test_call_in_a_closed_window_is_denied_at_its_timeout(
         tmp_path: Path, mcp_server: Any, proxy_process: Any) -> None:
-    env = start(tmp_path, mcp_server, proxy_process)
-    policy = Path(tmp_path / "policy.yaml")
-    policy.write_text(policy.read_text().replace("timeout: 30", "timeout: 2"))
-    time.sleep(2.5)  # hot reload
+    env = start(tmp_path, mcp_server, proxy_process, window_timeout=2)
+    started = time.monotonic()
     msg = call(env, "echo", {"text": "too early"}, "task-1")
+    assert 1.8 < time.monotonic() - started < 12
     assert msg["error"]["data"]["rule_ids"] == ["echo-in-window"]
     assert "UTC" in msg["error"]["message"] and "within 2 s" in msg["error"]["message"]
     assert seen(env, "echo") == []
