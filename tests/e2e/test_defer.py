@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from clients import (
     assert_reconstructable,
@@ -302,3 +303,18 @@ def test_plain_http_call_deferred_until_a_successful_check(
     assert out["response"].status_code == 200, out["response"].text
     assert [h.method for h in http_upstream.hits] == ["GET", "GET", "GET", "POST"]
     assert_reconstructable(state)
+
+
+def test_client_gone_while_parked_means_nothing_is_forwarded(
+        tmp_path: Path, mcp_server: Any, proxy_process: Any) -> None:
+    env = start(tmp_path, mcp_server, proxy_process)
+    with pytest.raises(httpx.ReadTimeout):
+        call(env, "refund", {"customer_id": "c-1", "amount": 50}, "task-1", timeout=1.5)
+    first = held_record(env, "refund")
+    wait_for(lambda: bool(parked_records(env, first["decision_id"])))
+    (gone,) = parked_records(env, first["decision_id"])
+    assert gone["outcome"] == "denied" and "disconnected" in gone["decision"]["reason"]
+    assert "result" in call(env, "list_tickets", {}, "task-1")   # the precondition now holds
+    time.sleep(1.5)
+    assert seen(env, "refund") == []
+    assert_reconstructable(env["state"])
