@@ -78,11 +78,6 @@ class Parking:
         self._waiters: dict[str, set[_Waiter]] = {}
         self._lock = threading.Lock()
 
-    @property
-    def parked(self) -> int:
-        with self._lock:
-            return sum(len(w) for w in self._waiters.values())
-
     # --- what the policy allows a parked call to wait ---------------------------------
 
     def timeout(self, decision: Decision) -> float:
@@ -166,7 +161,9 @@ class Parking:
         deadline = started + self.timeout(result.decision)
         first = result.decision_id
         current = result
-        last_decide = loop.time()
+        # decide again at once: the session may have changed while the first decision
+        # was being made durable, before this waiter could hear about it
+        last_decide = started - RECHECK_SECONDS
         try:
             while True:
                 action = current.action
