@@ -179,3 +179,48 @@ def test_parked_call_denied_at_timeout_and_when_killed(gateway: Gateway) -> None
     assert "did not hold within 1.5 s" in timed_out.decision.reason
     assert killed.reply is not None and killed.decision.rule_ids == ("session.killed",)
     assert "stop it" in killed.decision.reason
+
+
+APPROVAL_POLICY = """\
+version: 1
+name: defer-approved
+network:
+  allow_internal: [{cidr: 127.0.0.1/32}]
+mcp_servers:
+  crm: {url: "http://127.0.0.1:9/mcp"}
+rules:
+  - {id: crm-tools, match: {server: crm, tool: [refund, export]}, effect: allow}
+  - {id: refund-needs-approval, match: {server: crm, tool: refund}, effect: escalate}
+  - id: export-after-approved-refund
+    match: {server: crm, tool: export}
+    effect: defer
+    until: {approved: refund-needs-approval}
+    timeout: 10
+"""
+
+
+def test_deferred_until_an_approval_elsewhere_in_the_session(tmp_path: Path) -> None:
+    approvals = SqliteApprovalStore(tmp_path / "a.db")
+    gateway = Gateway(compile_text(APPROVAL_POLICY), MemorySink(),
+                      store=SqliteStore(tmp_path / "s.db"), approvals=approvals)
+    assert gateway.policy.awaited_approvals == frozenset({"refund-needs-approval"})
+
+    async def scenario() -> tuple[object, object, float]:
+        export = gateway.request(view("export", "task-1"))
+        assert export.parked is not None
+        parked = asyncio.create_task(gateway.resolve_hold(export))
+        refund = gateway.request(view("refund", "task-1", rpc_id=2))
+        assert refund.hold is not None
+        held = asyncio.create_task(gateway.resolve_hold(refund))
+        await asyncio.sleep(0.3)
+        assert not parked.done()
+        started = time.monotonic()
+        approvals.decide(refund.hold.id, True, "finance-lead", "ok")
+        refunded = await held
+        exported = await parked
+        return refunded, exported, time.monotonic() - started
+
+    refunded, exported, took = asyncio.run(scenario())
+    assert refunded.forwarded
+    assert exported.forwarded and exported.decision.rule_ids == ("crm-tools",)
+    assert took < 0.5
