@@ -1,7 +1,8 @@
 """The kill switch on open streams (real proxy, real MCP server): ``fiveplane sessions
 kill`` ends a killed session's silent MCP SSE stream (the GET stream, where no chunk
 ever arrives to be checked) within a few seconds, with an evidence record of the cut;
-another session's stream stays open; the killed session's next call is denied."""
+another session's stream stays open; the killed session's next call is denied. A
+governed plain event stream is cut the same way."""
 
 from __future__ import annotations
 
@@ -35,11 +36,15 @@ POLICY = """
 version: 1
 name: killswitch
 network:
-  allow_internal: [{{cidr: 127.0.0.1/32, ports: [{port}]}}]
+  allow_internal: [{{cidr: 127.0.0.1/32, ports: [{port}, {web}]}}]
 mcp_servers:
   crm: {{url: "{url}"}}
 rules:
   - {{id: crm-echo, match: {{server: crm, tool: echo}}, effect: allow}}
+  - {{id: web, match: {{host: 127.0.0.1, method: GET}}, effect: allow}}
+data:
+  detect: [secrets]
+  responses: {{secrets: redact}}
 """
 
 
@@ -88,16 +93,18 @@ class Stream:
 
 
 @pytest.fixture
-def env(tmp_path: Path, mcp_server: Any, proxy_process: Any) -> dict[str, Any]:
+def env(tmp_path: Path, mcp_server: Any, http_upstream: Any, proxy_process: Any
+        ) -> dict[str, Any]:
     server = mcp_server.start()   # SSE answers and a GET stream per session
     policy = tmp_path / "policy.yaml"
-    policy.write_text(POLICY.format(port=server.port, url=server.url))
+    policy.write_text(POLICY.format(port=server.port, url=server.url, web=http_upstream.port))
     state = tmp_path / "state"
     proxy = proxy_process.start_fiveplane(
         policy, state_dir=state, extra=["--control", "127.0.0.1:0", "--control-token", TOKEN])
     control = re.search(r"console\s+(http://127\.0\.0\.1:\d+)", proxy.output())
     assert control, proxy.output()
-    return {"server": server, "proxy": proxy, "state": state, "control": control.group(1)}
+    return {"server": server, "proxy": proxy, "state": state, "control": control.group(1),
+            "web": http_upstream}
 
 
 def sessions_cli(env: dict[str, Any], *args: str) -> str:
@@ -140,3 +147,37 @@ def test_killing_a_session_cuts_its_silent_stream_and_denies_its_next_call(
         doomed.close()
         spared.close()
     assert_reconstructable(env["state"])
+
+
+def test_killing_a_session_cuts_its_plain_event_stream(env: dict[str, Any]) -> None:
+    """A governed plain SSE download (the data plane scans it event by event)."""
+    env["web"].set_sse("/feed", n=120, delay=0.5)     # a minute of events
+    events: list[bytes] = []
+    ended: list[float] = []
+
+    def read() -> None:
+        try:
+            with http_client(env["proxy"].url, env["proxy"].ca_file, timeout=60,
+                             headers={"X-Fiveplane-Session": "feed-task"}) as c, \
+                    c.stream("GET", f"{env['web'].url}/feed") as r:
+                for line in r.iter_lines():
+                    if line.startswith("data:"):
+                        events.append(line.encode())
+        except Exception:
+            pass  # cut: the client sees the connection close mid-stream
+        ended.append(time.monotonic())
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while len(events) < 2:
+        assert time.monotonic() < deadline, "the stream did not start"
+        time.sleep(0.1)
+    killed_at = time.monotonic()
+    sessions_cli(env, "kill", session_key(None, "feed-task"), "--reason", "runaway download")
+    thread.join(10)
+    assert ended and ended[0] - killed_at < 4, "the killed session's download is still open"
+    assert len(events) < 30
+    cuts = [r for r in read_evidence(env["state"]) if r["outcome"] == "cut"]
+    assert [c["decision"]["rule_ids"] for c in cuts] == [["session.killed"]]
+    assert cuts[0]["action"]["path"] == "/feed"
