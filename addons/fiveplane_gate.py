@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from mitmproxy import ctx, exceptions, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import server_hooks
 
-from proxy.action import Action, Kind
+from proxy.action import Action, Kind, StopPoint
 from proxy.approvals import open_approvals
 from proxy.audit import AuditLog, PolicyStore
 from proxy.audit.writer import parse_durability
@@ -31,6 +32,7 @@ from proxy.errors import AuditError, PolicyError
 from proxy.gateway import Gateway, RequestResult
 from proxy.http_response import StreamGovernor, govern_body
 from proxy.identity.config import token_from_headers
+from proxy.killswitch import SWEEP_SECONDS, OpenStreams
 from proxy.mcp.answer import answer_server, upstream_trust
 from proxy.mcp_response import ResponseGovernor
 from proxy.netaddr import HostError, normalize_host, parse_ip
@@ -71,6 +73,8 @@ class FiveplaneGate:
         self._dns: dict[tuple[str, int], tuple[float, tuple[str, ...]]] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._rollbacks: asyncio.Task[None] | None = None
+        self._streams = OpenStreams()        # for the kill switch: cut when killed
+        self._sweeper: asyncio.Task[None] | None = None
         self._resolve: Any = None
         self._tunnel_tokens: dict[str, str] = {}
         self._answering: set[asyncio.Task[bool]] = set()
@@ -168,6 +172,8 @@ class FiveplaneGate:
             self._watcher = asyncio.create_task(self._watch_policy())
         if ctx.options.fiveplane_rollback_interval > 0 and self._rollbacks is None:
             self._rollbacks = asyncio.create_task(self._watch_kills())
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_streams())
         listen = ctx.options.fiveplane_control
         if listen != "off" and self.control is None and self.gateway is not None:
             host, _, port = listen.rpartition(":")
@@ -190,6 +196,8 @@ class FiveplaneGate:
             self._watcher.cancel()
         if self._rollbacks is not None:
             self._rollbacks.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.control is not None:
             stopping = self.control.stop()
             if inspect.isawaitable(stopping):
@@ -220,6 +228,31 @@ class FiveplaneGate:
                 await self.gw().rollback.run_killed()
             except Exception as e:  # keep polling: the next kill must still roll back
                 log.error("rollback of killed sessions failed: %r", e)
+    async def _sweep_streams(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            if len(self._streams) and self.gateway is not None:
+                try:
+                    self._cut_killed()
+                except Exception as e:  # the sweeper must outlive any one bad stream
+                    log.error("kill switch sweep failed: %r", e)
+
+    def _cut_killed(self) -> None:
+        """The kill switch on open streams: cut every stream of a killed session, with
+        an evidence record each."""
+        for doomed in self._streams.sweep(self.gw().store):
+            flow, governor = doomed.handle
+            response = replace(doomed.action, kind=Kind.RESPONSE, stop=StopPoint.RESPONSE_BODY)
+            cut = self.gw().refuse(
+                response, "session.killed",
+                f"the session was killed by an operator: {doomed.reason}; its open stream "
+                "is cut", outcome="cut")
+            if governor is not None and governor.cut is None:
+                governor.cut = cut      # whatever still arrives is dropped
+            flow.metadata.setdefault(META, {})["cut"] = cut[0]
+            log.info("kill switch: cut the stream of %s (decision %s)",
+                     doomed.action.summary(), cut[0])
+            _cut_upstream(flow)
 
     # --- network: the address actually connected to ------------------------------------
 
@@ -330,8 +363,9 @@ class FiveplaneGate:
         addresses = await self._addresses(judged_host, req.port)
         result = await self.gw().settle(self.gw().request(
             view, addresses, connection_token=self._tunnel_tokens.get(flow.client_conn.id)))
-        if result.hold is not None:
-            # Held for a person: this flow waits here, every other flow keeps moving.
+        if result.waits:
+            # Held for a person or parked (defer, pause): this flow waits here, every other
+            # flow keeps moving.
             result = await self.gw().resolve_hold(result, check=lambda: _gone(flow))
         self._remember(flow, result)
         if result.reply is not None and result.action is not None \
@@ -380,10 +414,13 @@ class FiveplaneGate:
             if action is None or self.gw().policy.data is None or encoded not in (
                     "", "identity"):
                 flow.response.stream = True  # never buffer a stream we do not scan
+                if action is not None:
+                    self._streams.add(flow.id, action, (flow, None))
                 return
             scanner = StreamGovernor(self.gw(), action, sse=True)
             self._governors[flow.id] = scanner  # type: ignore[assignment]
             flow.response.stream = self._plain_stream(flow, scanner)
+            self._streams.add(flow.id, action, (flow, scanner))
             return
         refused = self.gw().session_created(action, flow.response.headers.get("mcp-session-id"))
         if refused is not None:
@@ -394,6 +431,7 @@ class FiveplaneGate:
         governor = self.gw().governor(action)
         self._governors[flow.id] = governor
         flow.response.stream = self._stream_filter(flow, governor)
+        self._streams.add(flow.id, action, (flow, governor))
 
     def _stream_filter(self, flow: http.HTTPFlow,
                        governor: ResponseGovernor) -> Callable[[bytes], list[bytes]]:
@@ -468,9 +506,12 @@ class FiveplaneGate:
     async def response(self, flow: http.HTTPFlow) -> None:
         action = self._actions.pop(flow.id, None)
         governor = self._governors.pop(flow.id, None)
+        self._streams.discard(flow.id)
         resp = flow.response
         if governor is not None and governor.cut is not None:
             flow.metadata.setdefault(META, {})["cut"] = governor.cut[0]
+        if action is not None and action.kind is Kind.HTTP and resp is not None:
+            self.gw().completed(action, resp.status_code < 400)
         if action is None or governor is not None or resp is None:
             return
         if action.kind is not Kind.MCP:
@@ -509,6 +550,7 @@ class FiveplaneGate:
     def error(self, flow: http.HTTPFlow) -> None:
         self._actions.pop(flow.id, None)
         self._governors.pop(flow.id, None)
+        self._streams.discard(flow.id)
 
     # --- everything the proxy does not govern is refused ------------------------------
 

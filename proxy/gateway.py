@@ -23,6 +23,7 @@ from .audit.policy_store import PolicyStore
 from .audit.writer import Commit
 from .codec import BodyError, decode_body
 from .decision import Decision, Directive, Plane, Verdict
+from .defer import Parked, Parking
 from .dlp import REDACT, DataConfig, Finding, redact_json_body, redact_text_body
 from .engine import Adjudicator
 from .errors import AuditError, PolicyError
@@ -63,8 +64,10 @@ _SESSION_KINDS = frozenset({Kind.HTTP, Kind.MCP, Kind.MCP_SERVER})
 # can realize them they are enforced as deny, and the reason says so.
 _UNREALIZED = {
     Verdict.ESCALATE: "requires human approval, and no approval store is configured",
-    Verdict.PAUSE: "asks for a pause, and no resume source is configured",
-    Verdict.DEFER: "asks to defer, and no deferral queue is configured",
+    Verdict.PAUSE: "asks for a pause, and this message cannot be held here (no approval "
+                   "store, or a server message inside a response)",
+    Verdict.DEFER: "asks to defer, and this message cannot be parked here (no approval "
+                   "store, or a server message inside a response)",
     Verdict.NARROW: "asks to narrow the call, and no narrowing directive is defined",
     Verdict.MODIFY: "asks to modify the call, and no modification directive is defined",
 }
@@ -100,10 +103,16 @@ class RequestResult:
     body: bytes | None = None                # the body to forward instead (redacted)
     hold: ApprovalRequest | None = None      # held for a human: resolve_hold() decides
     rollback: str | None = None              # refused by a rollback rule: roll this session back
+    parked: Parked | None = None             # parked by defer / pause: resolve_hold() waits
 
     @property
     def forwarded(self) -> bool:
-        return self.reply is None and self.hold is None
+        return self.reply is None and self.hold is None and self.parked is None
+
+    @property
+    def waits(self) -> bool:
+        """Held for a person or parked until a precondition: ``resolve_hold`` decides."""
+        return self.hold is not None or self.parked is not None
 
 
 class Gateway:
@@ -124,6 +133,8 @@ class Gateway:
         self.instance = instance
         self.policy_path = Path(policy_path) if policy_path else None
         self.rollback = Rollback(self, clock)
+        # Calls are parked (defer, pause) only where they can also be held for a person.
+        self.parking = Parking(self) if approvals is not None else None
 
     @property
     def policy(self) -> CompiledPolicy:
@@ -171,7 +182,7 @@ class Gateway:
         return judged.decision_id, judged.decision
 
     def judge(self, action: Action, *, outcome: str | None = None,
-              compensating: bool = False) -> Judged:
+              extra: Mapping[str, Any] | None = None, compensating: bool = False) -> Judged:
         """Put the session context on the action, decide, charge budgets, record, then
         apply the decision's session effects (labels). The caller waits for
         ``Judged.commit`` before letting the action through. ``compensating``: the proxy's
@@ -201,7 +212,8 @@ class Gateway:
                 f"session state could not be read or updated, so the action is denied: {e}",
                 self.policy.version, Plane.REASONING)
         decision_id, final, commit = self._recorded(action, decision, start, outcome,
-                                                    adjudicated=adjudicated, enforced=enforced)
+                                                    adjudicated=adjudicated, enforced=enforced,
+                                                    extra=extra)
         if not final.verdict.proceeds:
             self._release(charged, action.at)
             return Judged(action, decision_id, final, commit)
@@ -309,6 +321,8 @@ class Gateway:
         needs a compensation journals it from the result."""
         if ROLLBACK_KEY in request.extra:
             self.rollback.journal(request, result)
+        self.completed(request, isinstance(result, Mapping) and not result.get("isError")
+                       and result.get("resultType", "complete") == "complete")
         if not self.policy.untrusted_output(request) or request.kind not in _SESSION_KINDS:
             return
         digest = principal_digest(request.principal)
@@ -321,40 +335,66 @@ class Gateway:
             if values:
                 self.store.remember(session, values, source, now, ttl)
 
+    def completed(self, request: Action, ok: bool) -> None:
+        """A call came back (``ok``: successfully): calls parked until it completes may
+        go on (``until.completed``)."""
+        if self.parking is not None and ok and request.kind in _SESSION_KINDS:
+            try:
+                self.parking.completed(request)
+            except (StateError, ValueError) as e:
+                log.error("could not record the completion of %s: %s", request.summary(), e)
+
     def refuse(self, action: Action | None, rule_id: str, reason: str,
-               rpc_id: str | int | None = None) -> tuple[str, Decision]:
+               rpc_id: str | int | None = None, *, outcome: str = "refused",
+               rule_ids: tuple[str, ...] | None = None,
+               extra: Mapping[str, Any] | None = None) -> tuple[str, Decision]:
         """Record a refusal the proxy makes without adjudicating (unparseable input,
-        internal errors)."""
-        decision_id, decision, _ = self._refusal(action, rule_id, reason)
+        internal errors, a stream cut by the kill switch: ``outcome="cut"``, a parked
+        call that timed out: ``rule_ids`` of the parking rules)."""
+        decision_id, decision, _ = self._refusal(action, rule_id, reason, outcome=outcome,
+                                                 rule_ids=rule_ids, extra=extra)
         return decision_id, decision
 
-    def _refusal(self, action: Action | None, rule_id: str,
-                 reason: str) -> tuple[str, Decision, Commit]:
+    def now(self) -> float:
+        return self._clock()
+
+    def redecide(self, action: Action) -> Decision:
+        """The decision ``action`` would get now, with the session state of now; nothing
+        is recorded or charged (a parked call asks whether waiting changed anything)."""
+        return self._adjudicator.decide(self._with_session(replace(action, at=self._clock())))
+
+    def _refusal(self, action: Action | None, rule_id: str, reason: str, *,
+                 outcome: str = "refused", rule_ids: tuple[str, ...] | None = None,
+                 extra: Mapping[str, Any] | None = None) -> tuple[str, Decision, Commit]:
         start = time.perf_counter_ns()
-        decision = make_decision(Verdict.DENY, (rule_id,), reason, self.policy.version,
-                                 Plane.REASONING)
-        return self._recorded(action, decision, start, "refused", adjudicated=False)
+        decision = make_decision(Verdict.DENY, rule_ids or (rule_id,), reason,
+                                 self.policy.version, Plane.REASONING)
+        return self._recorded(action, decision, start, outcome, adjudicated=False,
+                              extra=extra)
 
     def _recorded(self, action: Action | None, decision: Decision, start: int,
                   outcome: str | None, *, adjudicated: bool = True,
                   enforced: Decision | None = None,
-                  approval: Mapping[str, Any] | None = None) -> tuple[str, Decision, Commit]:
+                  approval: Mapping[str, Any] | None = None,
+                  extra: Mapping[str, Any] | None = None) -> tuple[str, Decision, Commit]:
         """Record ``decision`` (what the adjudicator decided, re-decidable from the
         record) and ``enforced`` (what the proxy does, when different: a budget refusal,
         an unrealized primitive)."""
         adjudicated_ns = time.perf_counter_ns()
         decision_id = uuid.uuid4().hex
         if enforced is None:
-            enforced = decision if self._holds(decision) else realize(decision)
+            enforced = decision if self._holds(decision, action) else realize(decision)
         if outcome is None:
-            outcome = ("held" if self._holds(enforced) else
+            outcome = ("held" if self._holds(enforced, action) else
                        "forwarded" if enforced.verdict.proceeds else "denied")
+        if approval:
+            extra = {**(extra or {}), "approval": dict(approval)}
         commit = self._evidence.record(
             action, decision, outcome=outcome, decision_id=decision_id,
             enforced=None if enforced is decision else enforced, adjudicated=adjudicated,
             adjudication_us=(adjudicated_ns - start) / 1000,
             total_us=(time.perf_counter_ns() - start) / 1000,
-            extra={"approval": dict(approval)} if approval else None)
+            extra=extra or None)
         if commit.error is not None:
             log.error("%s", commit.error)
             return decision_id, make_decision(
@@ -375,9 +415,15 @@ class Gateway:
             return None
         return decision_id
 
-    def _holds(self, decision: Decision) -> bool:
-        """Escalations wait for a person when there is an approval store to ask."""
-        return decision.verdict is Verdict.ESCALATE and self.approvals is not None
+    def _holds(self, decision: Decision, action: Action | None = None) -> bool:
+        """Escalations wait for a person when there is an approval store to ask; defer
+        and pause park a request (not a server message inside a response) the same way."""
+        if self.approvals is None:
+            return False
+        if decision.verdict is Verdict.ESCALATE:
+            return True
+        return (decision.verdict in (Verdict.DEFER, Verdict.PAUSE) and action is not None
+                and action.kind in (Kind.HTTP, Kind.MCP))
 
     def may_call_tool(self, action: Action) -> bool:
         return self._adjudicator.may_call_tool(action)
@@ -462,24 +508,38 @@ class Gateway:
             if isinstance(scanned, RequestResult):
                 return replace(scanned, strip=strip)
             action, body = scanned
-        judged = self.judge(action)
+        return self.realize_request(self.judge(action), strip, body,
+                                    Parked(view.body, view.path.partition("?")[2], view.headers))
+
+    def realize_request(self, judged: Judged, strip: frozenset[str], body: bytes | None,
+                        parked: Parked) -> RequestResult:
+        """What a judged request becomes: held for a person, parked, forwarded (with a
+        brokered credential) or denied. ``parked``: what a later hold binds (raw body and
+        query), kept on a parked result."""
+        policy = self.policy
         action, decision_id, decision = judged.action, judged.decision_id, judged.decision
-        if (decision.verdict.proceeds or self._holds(decision)) \
-                and action.kind in _SESSION_KINDS:
-            # journaled before it is forwarded (or held): fail closed
-            action, why = self.rollback.reserve(action, decision_id, dict(view.headers))
+        if (decision.verdict.proceeds or (self._holds(decision, action)
+                                          and decision.verdict is not Verdict.DEFER)) \
+                and action.kind in _SESSION_KINDS and ROLLBACK_KEY not in action.extra:
+            # journaled before it is forwarded (or held): fail closed. A deferred call is
+            # journaled when its re-decision lets it through.
+            action, why = self.rollback.reserve(action, decision_id, dict(parked.headers))
             if why is not None:
                 self._release(list(judged.charged), action.at)
                 decision_id, decision, commit = self._refusal(action, "rollback.journal", why)
                 reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
                                    rpc_id=action.rpc_id)
                 return RequestResult(action, decision_id, decision, reply, strip, commit=commit)
-        if self._holds(decision):
+        if self._holds(decision, action):
+            if decision.verdict is Verdict.DEFER:
+                return RequestResult(action, decision_id, decision, None, strip, judged=judged,
+                                     body=body, parked=parked)
             assert self.approvals is not None
             try:
                 request = request_for(self.approvals, action, decision,
-                                      timeout=policy.approval_timeout, body=view.body,
-                                      query=view.path.partition("?")[2], now=self._clock())
+                                      timeout=self.parking.timeout(decision)
+                                      if self.parking is not None else policy.approval_timeout,
+                                      body=parked.body, query=parked.query, now=self._clock())
             except (ApprovalError, StateError, ValueError) as e:
                 decision_id, decision, commit = self._refusal(
                     action, "approvals.unavailable",
@@ -488,7 +548,8 @@ class Gateway:
                                    rpc_id=action.rpc_id)
                 return RequestResult(action, decision_id, decision, reply, strip, commit=commit)
             return RequestResult(action, decision_id, decision, None, strip, judged=judged,
-                                 body=body, hold=request)
+                                 body=body, hold=request,
+                                 parked=parked if decision.verdict is Verdict.PAUSE else None)
         if decision.verdict.proceeds:
             inject = credential_for(action, policy.identity)
             return RequestResult(action, decision_id, decision, None, strip, inject, judged,
@@ -506,7 +567,10 @@ class Gateway:
                            check: Callable[[], str | None] | None = None) -> RequestResult:
         """Wait for a person to decide a held call (other flows keep moving), then let it
         through or deny it. ``check`` ends the hold early (client gone, session killed);
-        then nothing is forwarded and the approval, if any, stays unused."""
+        then nothing is forwarded and the approval, if any, stays unused. A parked call
+        (defer, pause) waits for its precondition too (``proxy.defer``)."""
+        if result.parked is not None and self.parking is not None:
+            return await self.parking.wait(result, check)
         assert result.hold is not None and result.action is not None
         assert self.approvals is not None
         action = result.action
@@ -547,6 +611,8 @@ class Gateway:
             return replace(result, hold=None, decision_id=decision_id, decision=final,
                            reply=reply)
         self._apply(action, result.decision)
+        if self.parking is not None:
+            self.parking.approved(action, result.decision)
         return replace(result, hold=None, decision_id=decision_id, decision=final, reply=None,
                        inject=credential_for(action, self.policy.identity))
 

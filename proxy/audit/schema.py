@@ -32,7 +32,9 @@ A record line is ``{"body": BODY, "chain", "instance", "prev", "seq", "type", "v
                 ``{"arguments", "extra", "state"}`` — the raw values the adjudicator
                 needs to re-decide; AAD = ``fiveplane-audit-v1|<chain>|<id>``.
                 Never exported; only ``audit explain`` opens it, with the instance key.
-``extra``       optional: caller metadata (e.g. removed tools), not used to re-decide
+``extra``       optional: caller metadata (e.g. removed tools; ``approval``; ``parked``
+                ``{"first", "previous", "waited_seconds"}`` linking a parked call's
+                re-decision or denial to its first decision), not used to re-decide
 ==============  ==========================================================================
 
 Why values are never written raw: evidence outlives the secrets in it. HMACs still answer

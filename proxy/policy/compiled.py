@@ -17,6 +17,7 @@ from .compensations import Compensations
 from .match import CompiledMatch
 from .rules import Rule
 from .sessions import Budget
+from .until import Completion
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,9 @@ class CompiledPolicy:
     mcp: McpConfig = field(default_factory=McpConfig)  # pinning, screening, shadowing, binding
     compensations: Compensations = field(default_factory=Compensations)
     rollback_rules: frozenset[str] = frozenset()   # rules whose refusal rolls the session back
+    completions: tuple[Completion, ...] = ()       # completed calls some `until` waits for
+    awaited_approvals: frozenset[str] = frozenset()  # rules whose approvals some `until` names
+    rules_by_id: Mapping[str, Rule] = field(default_factory=dict)
 
     def rolls_back(self, decision: Decision) -> bool:
         """Whether enforcing ``decision`` rolls its session back."""

@@ -42,6 +42,7 @@ from .match import compile_match, unknown_servers
 from .matchers import is_glob
 from .rules import Rule, default_reason, make_decision
 from .sessions import Budget, compile_budgets, compile_untrusted, compile_when
+from .until import Completion, Until, compile_until
 
 DEFAULT_MAX_BODY = 10 * 1024 * 1024
 MAX_ISSUES = 50
@@ -211,8 +212,32 @@ def _servers(ctx: _Ctx, section: dict[str, Any]) -> dict[tuple[str, str, int, st
 # --- stage: rules -----------------------------------------------------------------
 
 
+_PARKING = frozenset({Verdict.DEFER, Verdict.PAUSE})
+
+
+def _until(ctx: _Ctx, spec: dict[str, Any], path: tuple[str | int, ...], rule_ids: set[str],
+           completions: list[Completion]) -> Until | None:
+    """The ``until`` precondition of a defer / pause rule (and its ``timeout`` checks)."""
+    verdict = Verdict(spec["effect"])
+    for key in ("until", "timeout"):
+        if key in spec and verdict not in _PARKING:
+            ctx.issue("policy_until_error", f"`{key}` applies to defer and pause rules only, "
+                      f"not to `effect: {verdict.value}`", (*path, key))
+    if verdict is Verdict.DEFER and "until" not in spec:
+        ctx.issue("policy_until_error", "a defer rule needs `until`: the precondition "
+                  "that releases the call", (*path, "effect"))
+    if "until" not in spec or verdict not in _PARKING:
+        return None
+    until, found, issues = compile_until(spec["id"], spec["until"], (*path, "until"), rule_ids)
+    for code, message, where in issues:
+        ctx.issue(code, message, where)
+    completions.extend(found)
+    return until
+
+
 def _rule(ctx: _Ctx, i: int, spec: dict[str, Any], servers: set[str], seen: dict[str, int],
-          mcp_out: list[Any], http_out: list[Any]) -> Rule | None:
+          mcp_out: list[Any], http_out: list[Any], rule_ids: set[str] | None = None,
+          completions: list[Completion] | None = None) -> Rule | None:
     rid = spec["id"]
     path: tuple[str | int, ...] = ("rules", i)
     line = loader.line_of(ctx.doc, path)
@@ -246,6 +271,12 @@ def _rule(ctx: _Ctx, i: int, spec: dict[str, Any], servers: set[str], seen: dict
         for code, message, where in found:
             ctx.issue(code, message, where)
         extra_tests.extend(when_tests)
+    until = _until(ctx, spec, path, rule_ids or set(), completions if completions is not None
+                   else [])
+    if until is not None:
+        # The rule holds the call only while its precondition does not hold: deciding the
+        # call again once it holds is the re-adjudication.
+        extra_tests.append(lambda a, holds=until.holds: not holds(a))
     if compiled is None and match:
         return None
     verdict = Verdict(spec["effect"])
@@ -272,7 +303,8 @@ def _rule(ctx: _Ctx, i: int, spec: dict[str, Any], servers: set[str], seen: dict
         decision=make_decision(verdict, (rid,), reason, ctx.version, Plane.ENDPOINT,
                                directives=directives),
         tests=tuple(tests), arg_tests=compiled.arg_tests if compiled else (),
-        file=ctx.file, line=line, tainted_args=tainted,
+        file=ctx.file, line=line, tainted_args=tainted, until=until,
+        timeout=float(spec["timeout"]) if "timeout" in spec else None,
     )
     if compiled is None:  # only `principal`: applies to every request and MCP message
         mcp_out.append((rule, (ANY,), (ANY,), (ANY,)))
@@ -334,9 +366,13 @@ def compile_text(text: str, filename: str = "<policy>", *,
     except tolerated:
         pass
     seen: dict[str, int] = {}
-    for i, spec in enumerate(doc.get("rules", []) if isinstance(doc.get("rules"), list) else []):
+    specs = doc.get("rules", []) if isinstance(doc.get("rules"), list) else []
+    rule_ids = {s["id"] for s in specs if isinstance(s, dict) and isinstance(s.get("id"), str)}
+    completions: list[Completion] = []
+    for i, spec in enumerate(specs):
         try:
-            rule = _rule(ctx, i, spec, names, seen, mcp_rules, http_rules)
+            rule = _rule(ctx, i, spec, names, seen, mcp_rules, http_rules, rule_ids,
+                         completions)
         except tolerated:
             continue
         if rule is not None:
@@ -411,6 +447,11 @@ def compile_text(text: str, filename: str = "<policy>", *,
         rollback_rules=frozenset(
             spec["id"] for spec in doc.get("rules", [])
             if spec.get("rollback") or spec.get("effect") == Verdict.ROLLBACK.value),
+        completions=tuple(completions),
+        awaited_approvals=frozenset(
+            label.removeprefix("@approved:") for r in rules if r.until is not None
+            for label in r.until.labels if label.startswith("@approved:")),
+        rules_by_id=MappingProxyType({r.id: r for r in rules}),
     )
 
 

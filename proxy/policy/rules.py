@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..action import Action
 from ..decision import Decision, Directive, Plane, Verdict
 from .matchers import MISSING, ArgTest, PredicateError
+from .until import Until
 
 ActionTest = Callable[[Action], bool]
 
@@ -33,6 +34,8 @@ class Rule:
     file: str
     line: int
     tainted_args: frozenset[str] = frozenset()
+    until: Until | None = None       # defer / pause: the precondition that resumes the call
+    timeout: float | None = None     # defer / pause: seconds a parked call may wait
 
     @property
     def refusing(self) -> bool:

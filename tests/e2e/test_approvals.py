@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -13,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from clients import (
     assert_reconstructable,
@@ -145,3 +147,70 @@ def test_other_calls_keep_moving_while_one_is_held(env) -> None:
     assert msg["result"]["content"][0]["text"] == "hi"
     assert time.monotonic() - started < 2
     thread.join(30)
+
+
+def test_pending_approvals_survive_a_kill_9_of_the_proxy(tmp_path: Path, mcp_server,
+                                                         proxy_process) -> None:
+    """kill -9 with 3 calls held: after a restart on the same state directory the 3
+    requests are listed, can be approved, and the retried identical calls pass."""
+    server = mcp_server.start(json_response=True)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY.format(port=server.port, url=server.url).replace(
+        "approval_timeout: 4", "approval_timeout: 120"))
+    state = tmp_path / "state"
+    extra = ["--control", "127.0.0.1:0", "--control-token", TOKEN]
+
+    def started() -> dict[str, Any]:
+        proxy = proxy_process.start_fiveplane(policy, state_dir=state, extra=extra)
+        control = re.search(r"console\s+(http://127\.0\.0\.1:\d+)", proxy.output())
+        assert control, proxy.output()
+        return {"server": server, "proxy": proxy, "control": control.group(1), "state": state}
+
+    env = started()
+    amounts = [200.0, 300.0, 400.0]
+    errors: list[str] = []
+
+    def held(amount: float) -> None:
+        body, headers = modern_request("tools/call", {"name": "refund", "arguments": {
+            "customer_id": "c-1", "amount": amount}})
+        try:
+            with http_client(env["proxy"].url, env["proxy"].ca_file, timeout=60) as c:
+                post_jsonrpc(c, env["server"].url, body, headers=headers)
+        except httpx.HTTPError as e:   # the proxy dies under the held call
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=held, args=(a,)) for a in amounts]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 20
+    while len(pending(env)) < 3:
+        assert time.monotonic() < deadline, pending(env)
+        time.sleep(0.2)
+    env["proxy"].proc.send_signal(signal.SIGKILL)
+    env["proxy"].proc.wait(10)
+    for t in threads:
+        t.join(30)
+    assert len(errors) == 3, errors        # every held client saw the proxy go away
+    assert refunds(env) == []              # nothing held ever reached the server
+
+    env = started()
+    listed = pending(env)
+    assert len(listed) == 3
+    assert sorted(r["action"]["arguments"]["amount"] for r in listed) == amounts
+    for request in listed:
+        cli(env, "approve", request["id"], "--reason", "checked after the restart")
+    results = []
+    for amount in amounts:
+        out: dict[str, Any] = {}
+        refund_in_background(env, amount, out).join(30)
+        results.append(out["msg"])
+    assert all("result" in m for m in results), results
+    assert sorted(refunds(env)) == amounts
+    assert json.loads(cli(env, "list", "--format", "json")) == []
+    used = json.loads(cli(env, "list", "--status", "approved", "--format", "json"))
+    assert len(used) == 3 and all(r["consumed_at"] for r in used)
+    records = read_evidence(state)
+    outcomes = [r["extra"]["approval"]["outcome"] for r in records
+                if r.get("extra", {}).get("approval")]
+    assert outcomes == ["approved"] * 3
+    assert_reconstructable(state)
