@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from ..action import Action
 from ..decision import Decision
@@ -14,6 +15,7 @@ from ..mcp.config import McpConfig
 from ..planes.endpoint import EndpointPlane
 from ..planes.network import NetworkPlane
 from .match import CompiledMatch
+from .narrowing import Narrowing
 from .rules import Rule
 from .sessions import Budget
 
@@ -49,6 +51,11 @@ class CompiledPolicy:
     data: DataConfig | None = None                 # detectors and what to do when they fire
     approval_timeout: float = 300.0                # seconds a held call waits for a person
     mcp: McpConfig = field(default_factory=McpConfig)  # pinning, screening, shadowing, binding
+    # `effect: narrow` rules by id, and `mode: shadow` rules (a plane of their own, None
+    # when the policy has none: then shadow mode costs nothing)
+    narrowings: Mapping[str, Narrowing] = field(default_factory=lambda: MappingProxyType({}))
+    shadow: EndpointPlane | None = None
+    shadow_rules: frozenset[str] = frozenset()
 
     def untrusted_output(self, action: Action) -> bool:
         """Whether the result of ``action`` is untrusted content."""
