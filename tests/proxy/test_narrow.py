@@ -29,6 +29,7 @@ from proxy.gateway import Gateway
 from proxy.narrow import NarrowError, apply, compose
 from proxy.policy import compile_text
 from proxy.policy.narrowing import NOT_SET, compile_narrowing
+from proxy.testing import mcp_call
 from proxy.translate import RequestView
 
 HEAD = """\
@@ -437,3 +438,50 @@ def test_audit_log_keeps_both_forms_sealed_and_explain_re_decides(tmp_path: Path
     assert explained.status == "match", explained
     assert explained.recomputed == {"verdict": "narrow", "rule_ids": ["cap"],
                                     "reason": "narrowed by rule `cap`"}
+
+
+def test_explain_narrows_again_and_flags_a_narrowed_form_the_policy_would_not_give(
+        tmp_path: Path) -> None:
+    policy = compile_text(text(CAP), "p.yaml")
+    store = PolicyStore(tmp_path / "policies")
+    store.put(policy.source)
+    log = AuditLog(tmp_path, "explain:1")
+    action = mcp_call("send_money", server="bank", host="bank.example.com", recipient="a",
+                      amount=900)
+    decision = Adjudicator(policy).decide(action)
+    honest = {"rule_ids": ["cap"], "changed": ["amount"],
+              "arguments": {"recipient": "a", "amount": 500}, "before": {"amount": 900}}
+    forged = {**honest, "arguments": {"recipient": "a", "amount": 900.5}}
+    log.record(action, decision, outcome="forwarded", decision_id="ok", narrowed=honest)
+    log.record(action, decision, outcome="forwarded", decision_id="bad", narrowed=forged)
+    log.close()
+    first, second = explain_all(log.path, store)
+    assert first.status == "match", first
+    assert second.status == "mismatch"
+    assert second.diff == ["narrowed form: recomputed values differ for amount"]
+
+
+def test_http_narrowing_re_decides_from_the_log(tmp_path: Path) -> None:
+    policy = compile_text("""\
+version: 1
+name: t
+rules:
+  - id: pay-cap
+    match: {host: pay.example.com, method: POST}
+    effect: narrow
+    narrow: {args: {amount: {max: 100}, page_size: {set: 10}}}
+""", "p.yaml")
+    store = PolicyStore(tmp_path / "policies")
+    log = AuditLog(tmp_path, "http:1")
+    gw = Gateway(policy, log, policies=store)
+    view = RequestView("POST", "https", "pay.example.com", 443, "/transfer",
+                       (("content-type", "application/json"),),
+                       b'{"amount": 250, "to": "bob"}')
+    result = asyncio.run(gw.settle(gw.request(view)))
+    assert json.loads(result.body or b"") == {"amount": 100, "to": "bob", "page_size": 10}
+    gw.close()
+    (explained,) = explain_all(log.path, store)
+    assert explained.status == "match", explained
+    body = explained.record
+    assert body["narrowed"]["changed"] == ["amount", "page_size"]
+    assert sorted(body["narrowed"]["before_hmacs"]) == ["amount"]  # page_size was not sent
