@@ -27,7 +27,7 @@ A record line is ``{"body": BODY, "chain", "instance", "prev", "seq", "type", "v
 ``approver``    optional: who approved (escalations)
 ``latency_us``  ``{"adjudication", "total"}`` in µs
 ``sealed``      optional: base64(nonce ‖ AES-256-GCM ciphertext) of
-                ``{"arguments", "extra", "state"}`` — the raw values the adjudicator
+                ``{"arguments", "extra", "state", "narrowed"}`` — the raw values the adjudicator
                 needs to re-decide; AAD = ``fiveplane-audit-v1|<chain>|<id>``.
                 Never exported; only ``audit explain`` opens it, with the instance key.
 ``extra``       optional: caller metadata (e.g. removed tools), not used to re-decide
