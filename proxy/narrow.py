@@ -23,6 +23,10 @@ from .policy.narrowing import NOT_SET, Narrowing
 from .policy.rules import make_decision
 
 MAX_ROUNDS = 4  # a narrowed form re-narrowed this often without settling is denied
+_CACHE_LIMIT = 4096
+# Composed constraints by the (immutable) narrowings they come from: the same rules narrow
+# call after call, so composing is paid once per combination, not per call.
+_composed: dict[tuple[Narrowing, ...], tuple[Constraint, ...] | NarrowError] = {}
 
 
 class NarrowError(Exception):
@@ -65,8 +69,24 @@ def narrow_rule_ids(decision: Decision) -> tuple[str, ...]:
 def compose(narrowings: Iterable[Narrowing]) -> tuple[Constraint, ...]:
     """One constraint per argument, the stricter of every rule's; raises ``NarrowError``
     when two rules cannot both hold."""
+    key = tuple(sorted(narrowings, key=lambda n: n.rule_id))
+    got = _composed.get(key)
+    if got is None:
+        try:
+            got = _compose(key)
+        except NarrowError as e:
+            got = e
+        if len(_composed) >= _CACHE_LIMIT:
+            _composed.clear()
+        _composed[key] = got
+    if isinstance(got, NarrowError):
+        raise NarrowError(str(got))
+    return got
+
+
+def _compose(narrowings: tuple[Narrowing, ...]) -> tuple[Constraint, ...]:
     by_name: dict[str, Constraint] = {}
-    for n in sorted(narrowings, key=lambda n: n.rule_id):
+    for n in narrowings:
         for arg in n.args:
             c = by_name.get(arg.name) or Constraint(arg.name)
             hi = arg.max if c.max is None else (c.max if arg.max is None else min(c.max, arg.max))
@@ -139,13 +159,7 @@ class Narrowed:
     after: Mapping[str, Any]           # ... as forwarded
     action: Action                     # the call that goes on (MCP: narrowed arguments)
     enforced: Decision                 # what the gateway enforces
-
-    @property
-    def changed(self) -> tuple[str, ...]:
-        missing = object()
-        return tuple(sorted(
-            name for name in {*self.before, *self.after}
-            if not _same(self.before.get(name, missing), self.after.get(name, missing))))
+    changed: tuple[str, ...] = ()      # names whose value the narrowing changed
 
     def to_record(self) -> dict[str, Any]:
         """What the evidence keeps: the narrowed form, the changed values as sent."""
@@ -192,6 +206,7 @@ def narrow(action: Action, decision: Decision, narrowings: Mapping[str, Narrowin
                                decision.policy_version, Plane.ENDPOINT, decision.errors)
         return Narrowed(tuple(sorted(applied)), subject or {}, dict(subject or {}), action,
                         denied)
+    before = subject or {}
     enforced = decision
     if verdict_now.verdict not in (Verdict.ALLOW, Verdict.NARROW):
         enforced = make_decision(
@@ -199,7 +214,10 @@ def narrow(action: Action, decision: Decision, narrowings: Mapping[str, Narrowin
             f"after narrowing by {', '.join(f'`{r}`' for r in sorted(applied))}: "
             f"{verdict_now.reason}", verdict_now.policy_version, verdict_now.plane,
             verdict_now.errors, verdict_now.directives)
-    return Narrowed(tuple(sorted(applied)), subject or {}, after, current, enforced)
+    missing = object()
+    changed = tuple(sorted(name for name in {*before, *after}
+                           if not _same(before.get(name, missing), after.get(name, missing))))
+    return Narrowed(tuple(sorted(applied)), before, after, current, enforced, changed)
 
 
 def _cannot_rewrite(action: Action) -> str:
