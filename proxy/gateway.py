@@ -32,7 +32,7 @@ from .mcp.base import server_identity
 from .mcp.guard import Hold, McpGuard, Note
 from .mcp.shadow import shadow_scope
 from .mcp_response import ResponseGovernor
-from .narrow import Narrowed, narrow, narrow_rule_ids
+from .narrow import Fields, Narrowed, narrow, narrow_rule_ids
 from .policy import CompiledPolicy, compile_file
 from .policy.rules import make_decision
 from .policy.sessions import Budget
@@ -169,11 +169,12 @@ class Gateway:
         return judged.decision_id, judged.decision
 
     def judge(self, action: Action, *, outcome: str | None = None,
-              fields: Mapping[str, Any] | None = None) -> Judged:
+              fields: Fields = None) -> Judged:
         """Put the session context on the action, decide, narrow, charge budgets, record,
         then apply the decision's session effects (labels). The caller waits for
         ``Judged.commit`` before letting the action through. ``fields``: the top-level
-        fields of an HTTP request's JSON body, which a narrow decision rewrites."""
+        fields of an HTTP request's JSON body, which a narrow decision rewrites (or a
+        function reading them, called only for a narrow decision)."""
         start = time.perf_counter_ns()
         charged: list[Charge] = []
         enforced: Decision | None = None   # what happens when it is not what was decided
@@ -489,10 +490,9 @@ class Gateway:
             if isinstance(scanned, RequestResult):
                 return replace(scanned, strip=strip)
             action, body = scanned
-        fields = None
-        if policy.narrowings and action.kind is Kind.HTTP:
-            fields = _json_fields(view, policy.max_body_bytes, body)
-        judged = self.judge(action, fields=fields)
+        sent = body
+        judged = self.judge(action, fields=lambda: _json_fields(view, policy.max_body_bytes,
+                                                                sent))
         action, decision_id, decision = judged.action, judged.decision_id, judged.decision
         narrowed_body: bytes | None = None
         if judged.narrowed is not None and judged.narrowed.changed and (

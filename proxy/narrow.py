@@ -22,6 +22,7 @@ from .decision import Decision, Plane, Verdict
 from .policy.narrowing import NOT_SET, Narrowing
 from .policy.rules import make_decision
 
+Fields = Mapping[str, Any] | Callable[[], Mapping[str, Any] | None] | None
 MAX_ROUNDS = 4  # a narrowed form re-narrowed this often without settling is denied
 _CACHE_LIMIT = 4096
 # Composed constraints by the (immutable) narrowings they come from: the same rules narrow
@@ -171,10 +172,13 @@ class Narrowed:
 
 def narrow(action: Action, decision: Decision, narrowings: Mapping[str, Narrowing],
            decide: Callable[[Action], Decision],
-           fields: Mapping[str, Any] | None = None) -> Narrowed:
-    """Apply ``decision``'s narrowings to ``action`` (or to ``fields``, the JSON body of an
-    HTTP request), re-decide the narrowed form until it settles, and say what to enforce.
-    Never raises: whatever goes wrong denies."""
+           fields: Fields = None) -> Narrowed:
+    """Apply ``decision``'s narrowings to ``action`` (or to ``fields``, the top-level fields
+    of an HTTP request's JSON body, or a function that reads them only when needed),
+    re-decide the narrowed form until it settles, and say what to enforce. Never raises:
+    whatever goes wrong denies."""
+    if callable(fields):
+        fields = fields() if action.kind is Kind.HTTP else None
     subject: Mapping[str, Any] | None = (
         action.arguments if action.kind is Kind.MCP and action.mcp_method in NAMED_METHODS
         else fields if action.kind is Kind.HTTP else None)
