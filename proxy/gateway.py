@@ -213,7 +213,8 @@ class Gateway:
                 self.policy.version, Plane.REASONING)
         decision_id, final, commit = self._recorded(
             action, decision, start, outcome, adjudicated=adjudicated, enforced=enforced,
-            narrowed=narrowed.to_record() if narrowed is not None else None, shadow=shadow)
+            narrowed=narrowed.to_record() if narrowed is not None and not narrowed.failed
+            else None, shadow=shadow)
         after = narrowed.action if narrowed is not None else action
         if not final.verdict.proceeds:
             self._release(charged, action.at)

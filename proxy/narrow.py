@@ -161,6 +161,7 @@ class Narrowed:
     action: Action                     # the call that goes on (MCP: narrowed arguments)
     enforced: Decision                 # what the gateway enforces
     changed: tuple[str, ...] = ()      # names whose value the narrowing changed
+    failed: bool = False               # the narrowing could not be applied (denied)
 
     def to_record(self) -> dict[str, Any]:
         """What the evidence keeps: the narrowed form, the changed values as sent."""
@@ -209,7 +210,7 @@ def narrow(action: Action, decision: Decision, narrowings: Mapping[str, Narrowin
         denied = make_decision(Verdict.DENY, decision.rule_ids, reason,
                                decision.policy_version, Plane.ENDPOINT, decision.errors)
         return Narrowed(tuple(sorted(applied)), subject or {}, dict(subject or {}), action,
-                        denied)
+                        denied, failed=True)
     before = subject or {}
     enforced = decision
     if verdict_now.verdict not in (Verdict.ALLOW, Verdict.NARROW):

@@ -35,7 +35,8 @@ A record line is ``{"body": BODY, "chain", "instance", "prev", "seq", "type", "v
                 "argument_names", "argument_hmacs", "before_hmacs"}`` — the narrowed form
                 as forwarded (names and HMACs as for ``action``), the names whose value
                 changed and the HMACs of their values as sent; the values themselves are
-                sealed as ``narrowed: {"arguments", "before"}``
+                sealed as ``narrowed: {"arguments", "before"}``; absent when the
+                narrowing could not be applied (denied: see ``enforced``)
 ``shadow``      optional: ``{"verdict", "rule_ids", "reason", "matched"}`` — what the
                 policy would have decided with its ``mode: shadow`` rules enforced, and
                 which shadow rules matched; not enforced

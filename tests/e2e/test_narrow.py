@@ -5,6 +5,8 @@ would deny is recorded while the call passes, and every record re-decides from t
 
 from __future__ import annotations
 
+import gzip
+import json
 from pathlib import Path
 from typing import Any
 
@@ -122,3 +124,46 @@ def test_narrowed_calls_reach_the_server_narrowed_and_the_evidence_keeps_both(en
     assert "0 mismatches, 0 errors" in explained
     done = int(explained.split(" re-adjudicated")[0].rsplit(" ", 1)[-1])
     assert done == 6  # every tool call above, narrowed, refused or locked, re-decided
+
+
+HTTP_POLICY = """
+version: 1
+name: narrow-http
+network:
+  allow_internal: [{{cidr: 127.0.0.1/32, ports: [{port}]}}]
+rules:
+  - id: payouts-capped
+    match: {{host: 127.0.0.1, method: POST, path: /v1/payouts}}
+    effect: narrow
+    narrow: {{args: {{amount: {{max: 100}}, currency: {{subset: [EUR]}}, page_size: {{set: 20}}}}}}
+"""
+
+
+def test_http_json_fields_reach_the_upstream_narrowed(tmp_path: Path, http_upstream,
+                                                       proxy_process) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(HTTP_POLICY.format(port=http_upstream.port))
+    state = tmp_path / "state"
+    proxy = proxy_process.start_fiveplane(policy, state_dir=state)
+    url = http_upstream.url_for("/v1/payouts")
+    with http_client(proxy.url, proxy.ca_file, timeout=30) as c:
+        plain = c.post(url, json={"amount": 250, "currency": "EUR", "to": "bob"})
+        gzipped = c.post(url, content=gzip.compress(b'{"amount": 7, "currency": "EUR"}'),
+                         headers={"content-type": "application/json",
+                                  "content-encoding": "gzip"})
+        wrong = c.post(url, json={"amount": 5, "currency": "USD"})
+        text = c.post(url, content=b"amount=250", headers={"content-type": "text/plain"})
+    assert plain.status_code == 200 and gzipped.status_code == 200
+    assert wrong.status_code == 403 and "`currency` is not allowed" in wrong.text
+    assert text.status_code == 403 and "not a JSON object" in text.text
+    hits = [h for h in http_upstream.hits if h.path == "/v1/payouts"]
+    assert len(hits) == 2  # the refused ones never left the proxy
+    assert json.loads(hits[0].body) == {"amount": 100, "currency": "EUR", "to": "bob",
+                                        "page_size": 20}
+    assert hits[1].headers.get("content-encoding") == "gzip"
+    assert json.loads(gzip.decompress(hits[1].body)) == {"amount": 7, "currency": "EUR",
+                                                         "page_size": 20}
+    records = [r for r in read_evidence(state) if r["decision"]["verdict"] == "narrow"]
+    assert [r["narrowed"]["changed"] for r in records[:2]] == [["amount", "page_size"],
+                                                               ["page_size"]]
+    assert "0 mismatches, 0 errors" in assert_reconstructable(state)

@@ -338,9 +338,12 @@ def test_lists_are_filtered_and_limits_set() -> None:
 
 
 def test_a_value_that_cannot_be_narrowed_denies() -> None:
-    result = gateway().request(call("send_money", recipient="a", amount="900"))
+    sink = MemorySink()
+    result = gateway(sink=sink).request(call("send_money", recipient="a", amount="900"))
     assert not result.forwarded and result.decision.rule_ids == ("cap",)
     assert "not a finite number" in result.decision.reason
+    record = sink.records[-1]
+    assert record["enforced"]["verdict"] == "deny" and "narrowed" not in record
 
 
 def test_read_only_attenuates_the_rest_of_the_session() -> None:
