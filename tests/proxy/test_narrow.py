@@ -26,7 +26,7 @@ from proxy.engine import Adjudicator
 from proxy.errors import PolicyError
 from proxy.evidence import MemorySink
 from proxy.gateway import Gateway
-from proxy.narrow import NarrowError, apply, compose
+from proxy.narrow import NarrowError, apply, compose, narrow_rule_ids
 from proxy.policy import compile_text
 from proxy.policy.narrowing import NOT_SET, compile_narrowing
 from proxy.testing import mcp_call
@@ -488,3 +488,41 @@ rules:
     body = explained.record
     assert body["narrowed"]["changed"] == ["amount", "page_size"]
     assert sorted(body["narrowed"]["before_hmacs"]) == ["amount"]  # page_size was not sent
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    rules=st.lists(st.tuples(st.integers(0, 1000), st.one_of(st.none(), st.integers(0, 1000))),
+                   min_size=1, max_size=3),
+    amount=st.one_of(st.integers(-100, 2000), st.floats(-100, 2000, allow_nan=False)),
+    deny_at=st.one_of(st.none(), st.integers(0, 1000)),
+)
+def test_what_the_gateway_forwards_is_admitted_by_the_policy_on_its_own(
+        rules, amount, deny_at) -> None:
+    """Whatever narrowing rules match (caps, conditions on the amount), a forwarded call
+    is within every cap that applied, and the policy decides its narrowed form as allow,
+    or narrow without a further change."""
+    text_rules = "".join(
+        f"- id: cap{i}\n  match: {{server: bank, tool: send_money"
+        + (f", args: {{amount: {{gt: {when}}}}}" if when is not None else "")
+        + f"}}\n  effect: narrow\n  narrow: {{args: {{amount: {{max: {cap}}}}}}}\n"
+        for i, (cap, when) in enumerate(rules))
+    if deny_at is not None:
+        text_rules += ("- {id: no-round, match: {server: bank, tool: send_money, "
+                       f"args: {{amount: {{eq: {deny_at}}}}}}}, effect: deny}}\n")
+    gw = gateway(text_rules)
+    result = gw.request(call("send_money", recipient="a", amount=amount))
+    if not result.forwarded:
+        assert result.decision.verdict is Verdict.DENY
+        return
+    sent = (json.loads(result.body)["params"]["arguments"]["amount"] if result.body
+            else amount)
+    for cap, when in rules:
+        if when is None or amount > when:
+            assert sent <= cap
+    again = Adjudicator(gw.policy).decide(mcp_call(
+        "send_money", server="bank", host="bank.example.com", recipient="a", amount=sent))
+    assert again.verdict in (Verdict.ALLOW, Verdict.NARROW)
+    if again.verdict is Verdict.NARROW:
+        constraints = compose(gw.policy.narrowings[r] for r in narrow_rule_ids(again))
+        assert apply(constraints, {"amount": sent}) == {"amount": sent}
