@@ -502,7 +502,7 @@ class Gateway:
                 narrowed_body = narrowed_request_body(
                     body if body is not None else decoded_body(view, policy.max_body_bytes),
                     action.kind, judged.narrowed)
-            except (BodyError, ValueError, TypeError, AttributeError) as e:
+            except (BodyError, ValueError, TypeError, AttributeError, KeyError) as e:
                 self._release(list(judged.charged), action.at)
                 decision_id, decision, commit = self._refusal(
                     action, "narrow.rewrite",

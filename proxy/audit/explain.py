@@ -136,8 +136,25 @@ def _explain(ctx: _Context, lineno: int, line: bytes) -> Explanation:
                         f"{list(new.rule_ids)}")
     if body.get("narrowed") is not None and new.verdict is Verdict.NARROW and not out.diff:
         out.diff.extend(_narrowed_diff(body, out.action, new, adjudicator, ctx.sealer))
+    out.diff.extend(_shadow_diff(body.get("shadow"), out.action, adjudicator))
     out.status = "mismatch" if out.diff else "match"
     return out
+
+
+def _shadow_diff(recorded: Any, action: Action, adjudicator: Adjudicator) -> list[str]:
+    """The would-be decision of the policy's shadow rules, decided again."""
+    got = adjudicator.shadow(action) if adjudicator.shadowing else None
+    if got is None:
+        return [] if recorded is None else ["shadow: recorded, but no shadow rule matches now"]
+    would, matched = got
+    if recorded is None:
+        return [f"shadow: none recorded, but {', '.join(matched)} match now"]
+    if (recorded.get("verdict"), recorded.get("rule_ids")) != (would.verdict.value,
+                                                               list(would.rule_ids)):
+        return [f"shadow: recorded {recorded.get('verdict')} by "
+                f"{', '.join(recorded.get('rule_ids', ()))}, recomputed {would.verdict.value} "
+                f"by {', '.join(would.rule_ids)}"]
+    return []
 
 
 def _narrowed_diff(body: Mapping[str, Any], action: Action, decision: Decision,

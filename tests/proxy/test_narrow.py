@@ -457,11 +457,14 @@ def test_explain_narrows_again_and_flags_a_narrowed_form_the_policy_would_not_gi
     forged = {**honest, "arguments": {"recipient": "a", "amount": 900.5}}
     log.record(action, decision, outcome="forwarded", decision_id="ok", narrowed=honest)
     log.record(action, decision, outcome="forwarded", decision_id="bad", narrowed=forged)
+    log.record(action, decision, outcome="forwarded", decision_id="shadow", narrowed=honest,
+               shadow={"verdict": "deny", "rule_ids": ["x"], "reason": "", "matched": ["x"]})
     log.close()
-    first, second = explain_all(log.path, store)
+    first, second, third = explain_all(log.path, store)
     assert first.status == "match", first
     assert second.status == "mismatch"
     assert second.diff == ["narrowed form: recomputed values differ for amount"]
+    assert third.diff == ["shadow: recorded, but no shadow rule matches now"]
 
 
 def test_http_narrowing_re_decides_from_the_log(tmp_path: Path) -> None:
