@@ -32,7 +32,7 @@ from .mcp.base import server_identity
 from .mcp.guard import Hold, McpGuard, Note
 from .mcp.shadow import shadow_scope
 from .mcp_response import ResponseGovernor
-from .narrow import Fields, Narrowed, narrow, narrow_rule_ids
+from .narrow import NO_BODY, Fields, Narrowed, narrow, narrow_rule_ids
 from .policy import CompiledPolicy, compile_file
 from .policy.rules import make_decision
 from .policy.sessions import Budget
@@ -710,12 +710,16 @@ def _json_type(headers: Iterable[tuple[str, str]]) -> bool:
     return ctype == "application/json" or ctype.endswith("+json")
 
 
-def _json_fields(view: RequestView, limit: int, body: bytes | None) -> dict[str, Any] | None:
-    """The top-level fields of a JSON object body (what narrowing rewrites on HTTP)."""
-    if not _json_type(view.headers):
-        return None
+def _json_fields(view: RequestView, limit: int, body: bytes | None) -> Mapping[str, Any] | None:
+    """The top-level fields of a JSON object body (what narrowing rewrites on HTTP);
+    ``NO_BODY`` without a body, None for a body that is not a JSON object."""
     try:
-        value = json.loads(body if body is not None else decoded_body(view, limit) or b"null")
+        raw = body if body is not None else decoded_body(view, limit)
+        if not raw.strip():
+            return NO_BODY
+        if not _json_type(view.headers):
+            return None
+        value = json.loads(raw)
     except (BodyError, ValueError):
         return None
     return value if isinstance(value, dict) else None

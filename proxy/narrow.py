@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 from typing import Any
 
 from .action import NAMED_METHODS, Action, Kind
@@ -23,6 +24,7 @@ from .policy.narrowing import NOT_SET, Narrowing
 from .policy.rules import make_decision
 
 Fields = Mapping[str, Any] | Callable[[], Mapping[str, Any] | None] | None
+NO_BODY: Mapping[str, Any] = MappingProxyType({})  # nothing was sent that could be narrowed
 MAX_ROUNDS = 4  # a narrowed form re-narrowed this often without settling is denied
 _CACHE_LIMIT = 4096
 # Composed constraints by the (immutable) narrowings they come from: the same rules narrow
@@ -180,9 +182,16 @@ def narrow(action: Action, decision: Decision, narrowings: Mapping[str, Narrowin
     whatever goes wrong denies."""
     if callable(fields):
         fields = fields() if action.kind is Kind.HTTP else None
-    subject: Mapping[str, Any] | None = (
-        action.arguments if action.kind is Kind.MCP and action.mcp_method in NAMED_METHODS
-        else fields if action.kind is Kind.HTTP else None)
+    # What can be narrowed: MCP arguments; the fields of an HTTP JSON object body (None: a
+    # body that is not one, which nothing can be sure of); NO_BODY: nothing was sent to
+    # narrow (an HTTP request without a body, an MCP message without arguments).
+    subject: Mapping[str, Any] | None
+    if action.kind is Kind.MCP and action.mcp_method in NAMED_METHODS:
+        subject = action.arguments
+    elif action.kind is Kind.HTTP:
+        subject = fields
+    else:
+        subject = NO_BODY
     applied: set[str] = set()
     current, after = action, dict(subject or {})
     try:
@@ -195,6 +204,9 @@ def narrow(action: Action, decision: Decision, narrowings: Mapping[str, Narrowin
             narrowed = apply(constraints, after)
             if _same(narrowed, after):
                 break  # settled: the latest decision was made on exactly this form
+            if subject is NO_BODY:
+                raise NarrowError(f"{_nothing_sent(action)}, so `{'`, `'.join(sorted(narrowed))}`"
+                                  " cannot be set")
             after = narrowed
             if action.kind is not Kind.MCP:
                 break  # HTTP body fields are not visible to the policy: nothing to re-decide
@@ -225,12 +237,16 @@ def narrow(action: Action, decision: Decision, narrowings: Mapping[str, Narrowin
     return Narrowed(tuple(sorted(applied)), before, after, current, enforced, changed)
 
 
-def _cannot_rewrite(action: Action) -> str:
+def _nothing_sent(action: Action) -> str:
     if action.kind is Kind.HTTP:
-        return "the request body is not a JSON object, so its fields cannot be narrowed"
+        return "the request has no body"
     if action.kind is Kind.MCP:
-        return f"MCP {action.mcp_method} carries no arguments to narrow"
-    return f"a {action.kind.value} action carries no arguments to narrow"
+        return f"MCP {action.mcp_method} carries no arguments"
+    return f"a {action.kind.value} action carries no arguments"
+
+
+def _cannot_rewrite(action: Action) -> str:
+    return "the request body is not a JSON object, so its fields cannot be narrowed"
 
 
 def _ids(c: Constraint) -> str:

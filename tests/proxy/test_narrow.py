@@ -387,6 +387,28 @@ rules:
                        (("content-type", "text/plain"),), b"amount=250")
     refused = gw.request(text)
     assert not refused.forwarded and "not a JSON object" in refused.decision.reason
+    # no body: nothing to clamp, so it goes through as sent
+    empty = gw.request(RequestView("POST", "https", "pay.example.com", 443, "/transfer",
+                                   (), b""))
+    assert empty.forwarded and empty.body is None
+
+
+def test_what_was_not_sent_cannot_be_set() -> None:
+    gw = gateway("""\
+      - id: page
+        match: {server: bank, mcp_method: [tools/call, tools/list]}
+        effect: narrow
+        narrow: {args: {page_size: {set: 20}, amount: {max: 10}}}
+    """)
+    listed = gw.request(RequestView(
+        "POST", "https", "bank.example.com", 443, "/mcp",
+        (("content-type", "application/json"),),
+        b'{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}'))
+    assert not listed.forwarded
+    assert "MCP tools/list carries no arguments, so `page_size` cannot be set" in (
+        listed.decision.reason)
+    # a tools/call gets the argument even when it did not send it
+    assert forwarded_args(gw.request(call("search"))) == {"page_size": 20}
 
 
 def test_shadow_rules_are_recorded_and_not_enforced() -> None:
