@@ -129,8 +129,7 @@ def _arg(name: str, spec: Any, predicate: Any, where: Path
         issues.append((CODE, f"`{name}`: `set` fixes the value, so it cannot be combined "
                              "with max, min or subset", where))
     ops = set(predicate) if isinstance(predicate, Mapping) else set()
-    if numeric and (ops & _STRING_OPS or isinstance(predicate, str)
-                    or (isinstance(predicate, Mapping) and isinstance(predicate.get("eq"), str))):
+    if numeric and (ops & _STRING_OPS or _strings(predicate)):
         issues.append((CODE, f"`{name}` is clamped as a number, but this rule's match tests "
                              "it as a string", where))
     if subset is not None and ops & _NUMERIC_OPS:
@@ -141,6 +140,17 @@ def _arg(name: str, spec: Any, predicate: Any, where: Path
     return ArgNarrowing(
         name=name, max=hi, min=lo, subset=tuple(subset) if subset is not None else None,
         allowed=allowed, set=spec.get("set", NOT_SET)), issues
+
+
+def _strings(predicate: Any) -> bool:
+    """Whether a `match.args` predicate only admits strings (`eq`/`in` with strings)."""
+    if isinstance(predicate, str):
+        return True
+    if not isinstance(predicate, Mapping):
+        return False
+    listed = predicate.get("in")
+    return isinstance(predicate.get("eq"), str) or (
+        isinstance(listed, list) and bool(listed) and all(isinstance(x, str) for x in listed))
 
 
 def _number(value: Any) -> bool:

@@ -102,6 +102,10 @@ def test_narrow_spec_mistakes_are_reported_at_once_with_lines_and_a_stable_code(
         match: {server: bank, tool: e, args: {amount: {regex: "^[0-9]+$"}}}
         effect: narrow
         narrow: {args: {amount: {max: 5}}}
+      - id: string-listed
+        match: {server: bank, tool: e2, args: {amount: {in: ["10", "20"]}}}
+        effect: narrow
+        narrow: {args: {amount: {min: 5}}}
       - id: mixed
         match: {server: bank, tool: f}
         effect: narrow
@@ -113,8 +117,8 @@ def test_narrow_spec_mistakes_are_reported_at_once_with_lines_and_a_stable_code(
     """)
     codes = {(rid, code) for _, code, rid, _ in found}
     assert codes == {(rid, "policy_narrow_error") for rid in (
-        "no-spec", "wrong-effect", "empty-subset", "upside-down", "string-clamped", "mixed",
-        "tools-without-session")}
+        "no-spec", "wrong-effect", "empty-subset", "upside-down", "string-clamped",
+        "string-listed", "mixed", "tools-without-session")}
     lines = {rid: line for line, _, rid, _ in found}
     assert lines["no-spec"] == 8 and lines["wrong-effect"] == 12
     assert lines["empty-subset"] == 16  # the `subset` key itself
