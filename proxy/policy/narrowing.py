@@ -41,10 +41,6 @@ class ArgNarrowing:
     allowed: Callable[[Any], bool] | None = None    # compiled test of ``subset``
     set: Any = NOT_SET                              # the value the argument gets
 
-    @property
-    def numeric(self) -> bool:
-        return self.max is not None or self.min is not None
-
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Narrowing:
