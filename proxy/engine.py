@@ -31,6 +31,8 @@ class Adjudicator:
         self._endpoint: EndpointPlane = policy.endpoint
         self._identity = policy.identity_plane
         self._default = policy.default_decision
+        self._shadow = policy.shadow
+        self.shadowing = policy.shadow is not None
 
     def decide(self, action: Action) -> Decision:
         try:
@@ -72,6 +74,27 @@ class Adjudicator:
             top, tuple(r.id for r in winners), reason, self.version, first.plane, tuple(errors),
             directives,
         )
+
+    def shadow(self, action: Action) -> tuple[Decision, tuple[str, ...]] | None:
+        """What the policy would decide with its `mode: shadow` rules enforced, and the
+        shadow rules that matched; None when no shadow rule speaks to ``action``. Only
+        called when ``shadowing``."""
+        assert self._shadow is not None
+        try:
+            extra: list[Rule] = []
+            errors: list[str] = []
+            self._shadow.hits(action, extra, errors)
+            if not extra and not errors:
+                return None
+            matched = tuple(sorted({r.id for r in extra}))
+            hits: list[Rule] = []
+            for plane in self._planes:
+                plane.hits(action, hits, errors)
+                if hits and hits[-1].refusing and hits[-1].plane in _GATES:
+                    return self._combine(hits, errors), matched  # shadows change nothing
+            return self._combine(hits + extra, errors), matched
+        except Exception as e:
+            return self.failure(e), ()
 
     def failure(self, error: BaseException) -> Decision:
         reason = f"internal error while deciding, denied (fail closed): {error!r}"

@@ -23,7 +23,9 @@ class Evidence(Protocol):
     def record(self, action: Action | None, decision: Decision, *, outcome: str,
                decision_id: str, enforced: Decision | None = None, adjudicated: bool = True,
                adjudication_us: float = 0.0, total_us: float = 0.0,
-               extra: Mapping[str, Any] | None = None) -> Commit: ...
+               extra: Mapping[str, Any] | None = None,
+               narrowed: Mapping[str, Any] | None = None,
+               shadow: Mapping[str, Any] | None = None) -> Commit: ...
 
     def close(self) -> None: ...
 
@@ -43,7 +45,9 @@ class MemorySink:
     def record(self, action: Action | None, decision: Decision, *, outcome: str,
                decision_id: str, enforced: Decision | None = None, adjudicated: bool = True,
                adjudication_us: float = 0.0, total_us: float = 0.0,
-               extra: Mapping[str, Any] | None = None) -> Commit:
+               extra: Mapping[str, Any] | None = None,
+               narrowed: Mapping[str, Any] | None = None,
+               shadow: Mapping[str, Any] | None = None) -> Commit:
         record: dict[str, Any] = {
             "ts": time.time(),
             "decision_id": decision_id,
@@ -63,6 +67,14 @@ class MemorySink:
                 summary["arguments_digest"] = digest(args)
             record["principal"] = summary.pop("principal")
             record["action"] = summary
+        if narrowed is not None:
+            after = dict(narrowed.get("arguments") or {})
+            record["narrowed"] = {"rule_ids": list(narrowed.get("rule_ids", ())),
+                                  "changed": list(narrowed.get("changed", ())),
+                                  "argument_names": sorted(after),
+                                  "arguments_digest": digest(after)}
+        if shadow is not None:
+            record["shadow"] = dict(shadow)
         if extra:
             record.update(extra)
         self.records.append(record)

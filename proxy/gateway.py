@@ -33,6 +33,7 @@ from .mcp.base import server_identity
 from .mcp.guard import Hold, McpGuard, Note
 from .mcp.shadow import shadow_scope
 from .mcp_response import ResponseGovernor
+from .narrow import NO_BODY, Fields, Narrowed, narrow, narrow_rule_ids
 from .policy import CompiledPolicy, compile_file
 from .policy.rules import make_decision
 from .policy.sessions import Budget
@@ -68,7 +69,7 @@ _UNREALIZED = {
                    "store, or a server message inside a response)",
     Verdict.DEFER: "asks to defer, and this message cannot be parked here (no approval "
                    "store, or a server message inside a response)",
-    Verdict.NARROW: "asks to narrow the call, and no narrowing directive is defined",
+    Verdict.NARROW: "asks to narrow the call, and this stop point cannot rewrite it",
     Verdict.MODIFY: "asks to modify the call, and no modification directive is defined",
 }
 
@@ -84,6 +85,7 @@ class Judged:
     decision: Decision           # the enforced decision
     commit: Commit               # durability of its record
     charged: tuple[Charge, ...] = ()
+    narrowed: Narrowed | None = None   # a narrow decision: both forms (action is the new one)
 
 
 class SessionKilled(Exception):
@@ -182,24 +184,39 @@ class Gateway:
         return judged.decision_id, judged.decision
 
     def judge(self, action: Action, *, outcome: str | None = None,
-              extra: Mapping[str, Any] | None = None, compensating: bool = False) -> Judged:
-        """Put the session context on the action, decide, charge budgets, record, then
-        apply the decision's session effects (labels). The caller waits for
-        ``Judged.commit`` before letting the action through. ``compensating``: the proxy's
-        own compensating call (rollback), which a kill of the session does not stop."""
+              extra: Mapping[str, Any] | None = None, compensating: bool = False,
+              fields: Fields = None) -> Judged:
+        """Put the session context on the action, decide, narrow, charge budgets, record,
+        then apply the decision's session effects (labels). The caller waits for
+        ``Judged.commit`` before letting the action through. ``fields``: the top-level
+        fields of an HTTP request's JSON body, which a narrow decision rewrites (or a
+        function reading them, called only for a narrow decision). ``compensating``: the
+        proxy's own compensating call (rollback), which a kill of the session does not
+        stop."""
         start = time.perf_counter_ns()
         charged: list[Charge] = []
         enforced: Decision | None = None   # what happens when it is not what was decided
+        narrowed: Narrowed | None = None
+        shadow: dict[str, Any] | None = None
         adjudicated = True
         try:
             action = self._with_session(action, check_kill=not compensating)
             decision = self._adjudicator.decide(action)
-            if realize(decision).verdict.proceeds:
-                refusal = self._charge(action, decision, charged)
+            if self._adjudicator.shadowing:
+                shadow = self._shadow(action)
+            subject = action
+            if decision.verdict is Verdict.NARROW:
+                narrowed = narrow(action, decision, self.policy.narrowings,
+                                  self._adjudicator.decide, fields)
+                subject, enforced = narrowed.action, self._enforceable(narrowed.enforced)
+            if (enforced or realize(decision)).verdict.proceeds:
+                # budgets charge what goes on: the narrowed amount
+                refusal = self._charge(subject, decision, charged)
                 if refusal is not None:
                     enforced = refusal
         except SessionKilled as e:
             adjudicated = False
+            enforced = narrowed = None
             decision = make_decision(
                 Verdict.DENY, ("session.killed",),
                 f"the session was killed by an operator: {e}", self.policy.version,
@@ -207,21 +224,39 @@ class Gateway:
         except (StateError, ValueError) as e:
             self._release(charged, action.at)
             adjudicated = False
+            enforced = narrowed = None
             decision = make_decision(
                 Verdict.DENY, ("state.unavailable",),
                 f"session state could not be read or updated, so the action is denied: {e}",
                 self.policy.version, Plane.REASONING)
-        decision_id, final, commit = self._recorded(action, decision, start, outcome,
-                                                    adjudicated=adjudicated, enforced=enforced,
-                                                    extra=extra)
+        decision_id, final, commit = self._recorded(
+            action, decision, start, outcome, adjudicated=adjudicated, enforced=enforced,
+            extra=extra,
+            narrowed=narrowed.to_record() if narrowed is not None and not narrowed.failed
+            else None, shadow=shadow)
+        after = narrowed.action if narrowed is not None else action
         if not final.verdict.proceeds:
             self._release(charged, action.at)
-            return Judged(action, decision_id, final, commit)
+            return Judged(after, decision_id, final, commit, narrowed=narrowed)
         try:
-            self._apply(action, final)
+            self._apply(action, final, narrowed)
         except StateError as e:
             log.error("could not record session labels for %s: %s", decision_id, e)
-        return Judged(action, decision_id, final, commit, tuple(charged))
+        return Judged(after, decision_id, final, commit, tuple(charged), narrowed)
+
+    def _enforceable(self, decision: Decision) -> Decision:
+        """What the gateway can enforce of a decision on a narrowed call."""
+        if decision.verdict is Verdict.NARROW or self._holds(decision):
+            return decision
+        return realize(decision)
+
+    def _shadow(self, action: Action) -> dict[str, Any] | None:
+        got = self._adjudicator.shadow(action)
+        if got is None:
+            return None
+        would, matched = got
+        return {"verdict": would.verdict.value, "rule_ids": list(would.rule_ids),
+                "reason": would.reason, "matched": list(matched)}
 
     def cancel(self, judged: Judged, error: AuditError) -> Decision:
         """The record of an allowing decision could not be made durable: give back what
@@ -307,9 +342,17 @@ class Gateway:
                 log.error("could not release budget %s: %s", key, e)
         charged.clear()
 
-    def _apply(self, action: Action, decision: Decision) -> None:
+    def _apply(self, action: Action, decision: Decision,
+               narrowed: Narrowed | None = None) -> None:
         labels = [label for d in decision.directives if d.kind == "mark"
                   for label in d.params["labels"]]
+        # A narrowing that goes through attenuates the session (read-only from now on).
+        ids = narrowed.rule_ids if narrowed is not None else (
+            narrow_rule_ids(decision) if decision.verdict is Verdict.NARROW else ())
+        for rid in ids:
+            n = self.policy.narrowings.get(rid)
+            if n is not None and n.label is not None:
+                labels.append(n.label)
         if labels and action.kind in _SESSION_KINDS:
             digest = principal_digest(action.principal)
             self.store.mark(action.session, labels, action.at)
@@ -376,7 +419,9 @@ class Gateway:
                   outcome: str | None, *, adjudicated: bool = True,
                   enforced: Decision | None = None,
                   approval: Mapping[str, Any] | None = None,
-                  extra: Mapping[str, Any] | None = None) -> tuple[str, Decision, Commit]:
+                  extra: Mapping[str, Any] | None = None,
+                  narrowed: Mapping[str, Any] | None = None,
+                  shadow: Mapping[str, Any] | None = None) -> tuple[str, Decision, Commit]:
         """Record ``decision`` (what the adjudicator decided, re-decidable from the
         record) and ``enforced`` (what the proxy does, when different: a budget refusal,
         an unrealized primitive)."""
@@ -389,12 +434,18 @@ class Gateway:
                        "forwarded" if enforced.verdict.proceeds else "denied")
         if approval:
             extra = {**(extra or {}), "approval": dict(approval)}
+        # only when present: evidence sinks that predate them keep working
+        more: dict[str, Any] = {}
+        if narrowed is not None:
+            more["narrowed"] = narrowed
+        if shadow is not None:
+            more["shadow"] = shadow
         commit = self._evidence.record(
             action, decision, outcome=outcome, decision_id=decision_id,
             enforced=None if enforced is decision else enforced, adjudicated=adjudicated,
             adjudication_us=(adjudicated_ns - start) / 1000,
             total_us=(time.perf_counter_ns() - start) / 1000,
-            extra=extra or None)
+            extra=extra or None, **more)
         if commit.error is not None:
             log.error("%s", commit.error)
             return decision_id, make_decision(
@@ -508,16 +559,35 @@ class Gateway:
             if isinstance(scanned, RequestResult):
                 return replace(scanned, strip=strip)
             action, body = scanned
-        return self.realize_request(self.judge(action), strip, body,
+        sent = body
+        judged = self.judge(action, fields=lambda: _json_fields(view, policy.max_body_bytes,
+                                                                sent))
+        return self.realize_request(judged, strip, body,
                                     Parked(view.body, view.path.partition("?")[2], view.headers))
 
     def realize_request(self, judged: Judged, strip: frozenset[str], body: bytes | None,
                         parked: Parked) -> RequestResult:
-        """What a judged request becomes: held for a person, parked, forwarded (with a
-        brokered credential) or denied. ``parked``: what a later hold binds (raw body and
-        query), kept on a parked result."""
+        """What a judged request becomes: narrowed, held for a person, parked, forwarded
+        (with a brokered credential) or denied. ``parked``: what a later hold binds (raw
+        body and query), kept on a parked result."""
         policy = self.policy
         action, decision_id, decision = judged.action, judged.decision_id, judged.decision
+        if judged.narrowed is not None and judged.narrowed.changed and (
+                decision.verdict.proceeds or self._holds(decision, action)):
+            try:
+                source = body if body is not None else decode_body(
+                    parked.body or b"", dict(parked.headers).get("content-encoding"),
+                    limit=policy.max_body_bytes)
+                body = narrowed_request_body(source, action.kind, judged.narrowed)
+            except (BodyError, ValueError, TypeError, AttributeError, KeyError) as e:
+                self._release(list(judged.charged), action.at)
+                decision_id, decision, commit = self._refusal(
+                    action, "narrow.rewrite",
+                    f"the narrowed call could not be written into the request: {e!r}")
+                reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
+                                   rpc_id=action.rpc_id)
+                return RequestResult(action, decision_id, decision, reply, strip, commit=commit)
+            parked = replace(parked, body=body)  # an approval binds the narrowed form
         if (decision.verdict.proceeds or (self._holds(decision, action)
                                           and decision.verdict is not Verdict.DEFER)) \
                 and action.kind in _SESSION_KINDS and ROLLBACK_KEY not in action.extra:
@@ -610,7 +680,8 @@ class Gateway:
                                rpc_id=action.rpc_id)
             return replace(result, hold=None, decision_id=decision_id, decision=final,
                            reply=reply)
-        self._apply(action, result.decision)
+        self._apply(action, result.decision,
+                    result.judged.narrowed if result.judged is not None else None)
         if self.parking is not None:
             self.parking.approved(action, result.decision)
         return replace(result, hold=None, decision_id=decision_id, decision=final, reply=None,
@@ -738,6 +809,37 @@ def decoded_body(view: RequestView, limit: int) -> bytes:
 def _json_type(headers: Iterable[tuple[str, str]]) -> bool:
     ctype = dict(headers).get("content-type", "").split(";", 1)[0].strip().lower()
     return ctype == "application/json" or ctype.endswith("+json")
+
+
+def _json_fields(view: RequestView, limit: int, body: bytes | None) -> Mapping[str, Any] | None:
+    """The top-level fields of a JSON object body (what narrowing rewrites on HTTP);
+    ``NO_BODY`` without a body, None for a body that is not a JSON object."""
+    try:
+        raw = body if body is not None else decoded_body(view, limit)
+        if not raw.strip():
+            return NO_BODY
+        if not _json_type(view.headers):
+            return None
+        value = json.loads(raw)
+    except (BodyError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def narrowed_request_body(raw: bytes, kind: Kind, narrowed: Narrowed) -> bytes:
+    """The request body carrying the narrowed form: MCP ``params.arguments`` replaced,
+    or the changed top-level fields of an HTTP JSON body."""
+    message = json.loads(raw)
+    if kind is Kind.MCP:
+        message["params"]["arguments"] = dict(narrowed.after)
+    else:
+        for name in narrowed.changed:
+            if name in narrowed.after:
+                message[name] = narrowed.after[name]
+            else:
+                message.pop(name, None)
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"),
+                      allow_nan=False).encode("utf-8")
 
 
 def principal_digest(principal: Principal) -> str | None:

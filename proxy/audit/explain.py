@@ -17,14 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..action import Action
+from ..action import Action, Kind
+from ..decision import Decision, Verdict
 from ..engine import Adjudicator
 from ..errors import AuditError, PolicyError
+from ..narrow import narrow
 from ..policy import compile_text
 from . import envelope
 from .keys import InstanceKeys, load_secret, safe_name
 from .policy_store import PolicyStore
-from .schema import Sealer, action_from_body
+from .schema import Sealer, action_from_body, unseal_body
 
 
 @dataclass
@@ -132,8 +134,50 @@ def _explain(ctx: _Context, lineno: int, line: bytes) -> Explanation:
     if list(new.rule_ids) != recorded["rule_ids"]:
         out.diff.append(f"rule ids: recorded {recorded['rule_ids']}, recomputed "
                         f"{list(new.rule_ids)}")
+    if body.get("narrowed") is not None and new.verdict is Verdict.NARROW and not out.diff:
+        out.diff.extend(_narrowed_diff(body, out.action, new, adjudicator, ctx.sealer))
+    out.diff.extend(_shadow_diff(body.get("shadow"), out.action, adjudicator))
     out.status = "mismatch" if out.diff else "match"
     return out
+
+
+def _shadow_diff(recorded: Any, action: Action, adjudicator: Adjudicator) -> list[str]:
+    """The would-be decision of the policy's shadow rules, decided again."""
+    got = adjudicator.shadow(action) if adjudicator.shadowing else None
+    if got is None:
+        return [] if recorded is None else ["shadow: recorded, but no shadow rule matches now"]
+    would, matched = got
+    if recorded is None:
+        return [f"shadow: none recorded, but {', '.join(matched)} match now"]
+    if (recorded.get("verdict"), recorded.get("rule_ids")) != (would.verdict.value,
+                                                               list(would.rule_ids)):
+        return [f"shadow: recorded {recorded.get('verdict')} by "
+                f"{', '.join(recorded.get('rule_ids', ()))}, recomputed {would.verdict.value} "
+                f"by {', '.join(would.rule_ids)}"]
+    return []
+
+
+def _narrowed_diff(body: Mapping[str, Any], action: Action, decision: Decision,
+                   adjudicator: Adjudicator, sealer: Sealer | None) -> list[str]:
+    """Narrow the recorded call again and compare with the narrowed form it recorded (names
+    only: values stay sealed)."""
+    try:
+        sealed = unseal_body(body, sealer).get("narrowed") or {}
+    except AuditError as e:
+        return [f"the narrowed form cannot be opened: {e}"]
+    recorded = dict(sealed.get("arguments") or {})
+    fields = None
+    if action.kind is Kind.HTTP:  # the body fields as sent: the narrowed ones put back
+        fields = {k: v for k, v in recorded.items()
+                  if k not in body["narrowed"].get("changed", ())}
+        fields.update(sealed.get("before") or {})
+    again = narrow(action, decision, adjudicator.policy.narrowings, adjudicator.decide, fields)
+    differs = sorted(k for k in {*recorded, *again.after}
+                     if json.dumps(recorded.get(k), sort_keys=True)
+                     != json.dumps(again.after.get(k), sort_keys=True))
+    if differs:
+        return [f"narrowed form: recomputed values differ for {', '.join(differs)}"]
+    return []
 
 
 def _records(log_path: Path) -> Iterator[tuple[int, bytes]]:

@@ -29,12 +29,21 @@ A record line is ``{"body": BODY, "chain", "instance", "prev", "seq", "type", "v
 ``approver``    optional: who approved (escalations)
 ``latency_us``  ``{"adjudication", "total"}`` in µs
 ``sealed``      optional: base64(nonce ‖ AES-256-GCM ciphertext) of
-                ``{"arguments", "extra", "state"}`` — the raw values the adjudicator
+                ``{"arguments", "extra", "state", "narrowed"}`` — the raw values the adjudicator
                 needs to re-decide; AAD = ``fiveplane-audit-v1|<chain>|<id>``.
                 Never exported; only ``audit explain`` opens it, with the instance key.
 ``extra``       optional: caller metadata (e.g. removed tools; ``approval``; ``parked``
                 ``{"first", "previous", "waited_seconds"}`` linking a parked call's
                 re-decision or denial to its first decision), not used to re-decide
+``narrowed``    optional (``narrow`` decisions): ``{"v": 1, "rule_ids", "changed",
+                "argument_names", "argument_hmacs", "before_hmacs"}`` — the narrowed form
+                as forwarded (names and HMACs as for ``action``), the names whose value
+                changed and the HMACs of their values as sent; the values themselves are
+                sealed as ``narrowed: {"arguments", "before"}``; absent when the
+                narrowing could not be applied (denied: see ``enforced``)
+``shadow``      optional: ``{"verdict", "rule_ids", "reason", "matched"}`` — what the
+                policy would have decided with its ``mode: shadow`` rules enforced, and
+                which shadow rules matched; not enforced
 ==============  ==========================================================================
 
 Why values are never written raw: evidence outlives the secrets in it. HMACs still answer
@@ -75,7 +84,8 @@ from .envelope import canonical, compact_encoder
 from .keys import InstanceKeys, derive
 
 SCHEMA_VERSION = 1
-_SEALED_KEYS = ("arguments", "extra", "state")
+_SEALED_KEYS = ("arguments", "extra", "state", "narrowed")
+NARROWED_VERSION = 1
 _OPTIONAL_STR = ("method", "path", "server", "mcp_method", "name", "session")
 
 
@@ -374,7 +384,8 @@ def encode_body(
     stop: StopPoint | str | None = None, approver: Any = None, adjudication_us: float = 0.0,
     total_us: float = 0.0, capabilities: Sequence[str] = (),
     state: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
-    time: float | None = None,
+    time: float | None = None, narrowed: Mapping[str, Any] | None = None,
+    shadow: Mapping[str, Any] | None = None,
 ) -> bytes:
     """The BODY of one evidence record (schema v1) as canonical JSON bytes.
 
@@ -409,6 +420,11 @@ def encode_body(
             stop = action.stop.value
     if state:
         sealed.append(b'"state":' + _seal_encode(state).encode("utf-8", "surrogatepass"))
+    narrowed_json = None
+    if narrowed is not None:
+        narrowed_json, plain_narrowed = _narrowed_member(sealer, narrowed)
+        sealed.append(b'"narrowed":' + _seal_encode(plain_narrowed).encode("utf-8",
+                                                                           "surrogatepass"))
     # members in sorted key order
     add(b'"action":' + action_json)
     if approver is not None:
@@ -424,6 +440,8 @@ def encode_body(
     add(b'"id":' + _string(decision_id))
     add(b'"latency_us":{"adjudication":' + _number(round(adjudication_us, 1)) +
         b',"total":' + _number(round(total_us, 1)) + b"}")
+    if narrowed_json is not None:
+        add(b'"narrowed":' + narrowed_json)
     add(b'"outcome":' + _string(str(outcome)))
     add(b'"policy":' + _policy_json(decision))
     add(b'"principal":' + principal)
@@ -432,10 +450,28 @@ def encode_body(
         add(b'"sealed":"' + sealer.seal_bytes(decision_id, plain).encode("ascii") + b'"')
     if session:
         add(b'"session":' + _string(session))
+    if shadow is not None:
+        add(b'"shadow":' + canonical(_plain(shadow)))
     add(b'"stop":' + (b"null" if stop is None else _string(str(stop))))
     if time is not None:
         add(b'"time":' + _number(round(time, 6)))
     return b"{" + b",".join(parts) + b"}"
+
+
+def _narrowed_member(sealer: Sealer, narrowed: Mapping[str, Any]
+                     ) -> tuple[bytes, dict[str, Any]]:
+    """The public ``narrowed`` member (names and HMACs, never values) and what is sealed."""
+    after = dict(narrowed.get("arguments") or {})
+    before = dict(narrowed.get("before") or {})
+    public = {
+        "v": NARROWED_VERSION,
+        "rule_ids": list(narrowed.get("rule_ids", ())),
+        "changed": sorted(narrowed.get("changed", ())),
+        "argument_names": sorted(after),
+        "argument_hmacs": {k: sealer.digest(v) for k, v in after.items()},
+        "before_hmacs": {k: sealer.digest(v) for k, v in before.items()},
+    }
+    return canonical(public), {"arguments": after, "before": before}
 
 
 def build_body(sealer: Sealer, action: Action | None, decision: Decision,

@@ -288,7 +288,9 @@ class AuditLog:
                stop: StopPoint | str | None = None, approver: Any = None,
                adjudication_us: float = 0.0, total_us: float = 0.0,
                capabilities: Sequence[str] = (), state: Mapping[str, Any] | None = None,
-               extra: Mapping[str, Any] | None = None) -> Commit:
+               extra: Mapping[str, Any] | None = None,
+               narrowed: Mapping[str, Any] | None = None,
+               shadow: Mapping[str, Any] | None = None) -> Commit:
         """Build a schema-v1 evidence record for one decision and append it. Never raises:
         a record that cannot be built is a failed ``Commit`` (the caller denies)."""
         try:
@@ -296,7 +298,7 @@ class AuditLog:
                 self.sealer, action, decision, decision_id=decision_id, outcome=outcome,
                 enforced=enforced, adjudicated=adjudicated, stop=stop, approver=approver,
                 adjudication_us=adjudication_us, total_us=total_us, capabilities=capabilities,
-                state=state, extra=extra, time=time.time())
+                state=state, extra=extra, time=time.time(), narrowed=narrowed, shadow=shadow)
         except Exception as e:
             return Commit.failed(AuditError(f"the evidence record cannot be built: {e!r}"))
         return self._enqueue(body, "record")

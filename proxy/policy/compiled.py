@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from ..action import Action
 from ..decision import Decision, Verdict
@@ -15,6 +16,7 @@ from ..planes.endpoint import EndpointPlane
 from ..planes.network import NetworkPlane
 from .compensations import Compensations
 from .match import CompiledMatch
+from .narrowing import Narrowing
 from .rules import Rule
 from .sessions import Budget
 from .until import Completion
@@ -56,6 +58,11 @@ class CompiledPolicy:
     completions: tuple[Completion, ...] = ()       # completed calls some `until` waits for
     awaited_approvals: frozenset[str] = frozenset()  # rules whose approvals some `until` names
     rules_by_id: Mapping[str, Rule] = field(default_factory=dict)
+    # `effect: narrow` rules by id, and `mode: shadow` rules (a plane of their own, None
+    # when the policy has none: then shadow mode costs nothing)
+    narrowings: Mapping[str, Narrowing] = field(default_factory=lambda: MappingProxyType({}))
+    shadow: EndpointPlane | None = None
+    shadow_rules: frozenset[str] = frozenset()
 
     def rolls_back(self, decision: Decision) -> bool:
         """Whether enforcing ``decision`` rolls its session back."""

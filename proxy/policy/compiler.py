@@ -40,6 +40,8 @@ from .compensations import Compensations, compile_compensations
 from .compiled import CompiledPolicy, ServerRef
 from .match import compile_match, unknown_servers
 from .matchers import is_glob
+from .narrowing import CODE as NARROW_CODE
+from .narrowing import Narrowing, compile_narrowing, read_test
 from .rules import Rule, default_reason, make_decision
 from .sessions import Budget, compile_budgets, compile_untrusted, compile_when
 from .until import Completion, Until, compile_until
@@ -62,6 +64,7 @@ class _Ctx:
     doc: Any
     version: str
     issues: list[PolicyIssue] = field(default_factory=list)
+    narrowings: dict[str, Narrowing] = field(default_factory=dict)
 
     def issue(self, code: str, message: str, path: tuple[str | int, ...] = (),
               rule_id: str | None = None) -> None:
@@ -290,6 +293,7 @@ def _rule(ctx: _Ctx, i: int, spec: dict[str, Any], servers: set[str], seen: dict
     if spec.get("labels"):
         directives = (Directive(Plane.REASONING, "mark",
                                 MappingProxyType({"labels": tuple(spec["labels"])})),)
+    directives = (*directives, *_narrowing(ctx, i, spec, verdict))
     tests = extra_tests
     if compiled is not None:
         # The index answers exact dimensions it files rules under: keep only the others.
@@ -314,6 +318,44 @@ def _rule(ctx: _Ctx, i: int, spec: dict[str, Any], servers: set[str], seen: dict
     else:
         http_out.append((rule, compiled.host_keys, compiled.http_methods or (ANY,)))
     return rule
+
+
+def _narrowing(ctx: _Ctx, i: int, spec: dict[str, Any], verdict: Verdict
+               ) -> tuple[Directive, ...]:
+    """The evidence directive of a narrow rule; its compiled form goes to ``ctx``."""
+    path: tuple[str | int, ...] = ("rules", i)
+    if "narrow" not in spec:
+        if verdict is Verdict.NARROW:
+            ctx.issue(NARROW_CODE, "`effect: narrow` needs a `narrow` spec saying what to "
+                      "narrow", (*path, "effect"))
+        return ()
+    if verdict is not Verdict.NARROW:
+        ctx.issue(NARROW_CODE, f"`narrow` only applies to `effect: narrow`, not "
+                  f"`{verdict.value}`", (*path, "narrow"))
+        return ()
+    narrowing, found = compile_narrowing(spec["id"], spec["narrow"], spec.get("match"),
+                                         (*path, "narrow"))
+    for code, message, where in found:
+        ctx.issue(code, message, where)
+    if narrowing is None or found:
+        return ()
+    ctx.narrowings[narrowing.rule_id] = narrowing
+    return (Directive(Plane.ENDPOINT, "narrow",
+                      MappingProxyType({"rule": narrowing.rule_id, **narrowing.spec})),)
+
+
+def _read_only_rule(ctx: _Ctx, narrowing: Narrowing, line: int) -> Rule:
+    """The deny a `session: read_only` narrowing leaves behind: an ordinary rule over the
+    session label, so recorded decisions re-decide like any other."""
+    rid = f"{narrowing.rule_id}:read_only"
+    tools = (f" and the tools {', '.join(narrowing.read_tools)}" if narrowing.read_tools
+             else "")
+    reason = (f"rule `{narrowing.rule_id}` narrowed this session to read-only: only GET, HEAD "
+              f"and OPTIONS requests, MCP messages other than tools/call{tools} are allowed")
+    return Rule(
+        id=rid, verdict=Verdict.DENY, plane=Plane.ENDPOINT, reason=reason,
+        decision=make_decision(Verdict.DENY, (rid,), reason, ctx.version, Plane.ENDPOINT),
+        tests=(read_test(narrowing),), arg_tests=(), file=ctx.file, line=line)
 
 
 def _exact_test(attr: str, values: frozenset[Any]) -> Any:
@@ -345,7 +387,10 @@ def compile_text(text: str, filename: str = "<policy>", *,
     shape_ok = not ctx.issues
     mcp_rules: list[Any] = []
     http_rules: list[Any] = []
+    shadow_mcp: list[Any] = []     # `mode: shadow` rules: decided and recorded, not enforced
+    shadow_http: list[Any] = []
     rules: list[Rule] = []
+    shadow_ids: set[str] = set()
     # Semantic stages also run on a document with schema errors, so one run reports every
     # mistake; a stage that trips on what the schema already reported is skipped.
     tolerated = () if shape_ok else (TypeError, KeyError, AttributeError, ValueError)
@@ -370,13 +415,26 @@ def compile_text(text: str, filename: str = "<policy>", *,
     rule_ids = {s["id"] for s in specs if isinstance(s, dict) and isinstance(s.get("id"), str)}
     completions: list[Completion] = []
     for i, spec in enumerate(specs):
+        shadow = isinstance(spec, dict) and spec.get("mode") == "shadow"
+        mcp_out, http_out = (shadow_mcp, shadow_http) if shadow else (mcp_rules, http_rules)
         try:
-            rule = _rule(ctx, i, spec, names, seen, mcp_rules, http_rules, rule_ids,
+            rule = _rule(ctx, i, spec, names, seen, mcp_out, http_out, rule_ids,
                          completions)
         except tolerated:
             continue
         if rule is not None:
             rules.append(rule)
+            if shadow:
+                shadow_ids.add(rule.id)
+            narrowing = ctx.narrowings.get(rule.id)
+            if narrowing is not None and narrowing.label is not None:
+                guard = _read_only_rule(ctx, narrowing, rule.line)
+                if guard.id in seen:
+                    ctx.issue("policy_duplicate_id", f"rule id `{guard.id}` is taken by the "
+                              f"read-only guard of rule `{rule.id}`", ("rules", i, "id"))
+                seen.setdefault(guard.id, rule.line)
+                mcp_out.append((guard, (ANY,), (ANY,), (ANY,)))
+                http_out.append((guard, (ANY,), (ANY,)))
     mcp = McpConfig()
     try:
         mcp, found = compile_mcp(doc.get("mcp"))
@@ -429,6 +487,11 @@ def compile_text(text: str, filename: str = "<policy>", *,
         max_body_bytes=defaults.get("max_body_bytes", DEFAULT_MAX_BODY),
         network=network,
         endpoint=EndpointPlane(ctx.version, mcp_rules, http_rules, frozenset(names)),
+        # No declared servers: protocol plumbing is the enforced plane's business.
+        shadow=(EndpointPlane(ctx.version, shadow_mcp, shadow_http, frozenset())
+                if shadow_mcp or shadow_http else None),
+        shadow_rules=frozenset(shadow_ids),
+        narrowings=MappingProxyType(dict(ctx.narrowings)),
         identity=identity,
         identity_plane=IdentityPlane(identity, ctx.version) if identity else None,
         budgets=budgets,

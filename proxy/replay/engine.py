@@ -364,6 +364,7 @@ class Lane:
         enforced = rec.get("enforced") or decision
         action = rec.get("action")
         who = _chain_text(rec.get("principal") or flow.principal)
+        notes = [*notes, *_primitive_notes(rec)]
         base = dict(
             flow=flow.index, ordinal=ordinal, time=self.now, principal=who,
             verdict=decision["verdict"], enforced=enforced["verdict"],
@@ -399,6 +400,20 @@ class Lane:
         return Row(kind=kind, target=target, what=what, method=action.get("method", ""),
                    host=host, path=action.get("path", ""), server=server,
                    mcp_method=mcp_method, name=name, **base)
+
+
+def _primitive_notes(rec: dict[str, Any]) -> list[str]:
+    """What a narrowing changed and what shadow rules would have decided."""
+    out = []
+    narrowed = rec.get("narrowed")
+    if narrowed is not None and narrowed.get("changed"):
+        out.append(f"narrowed {', '.join(narrowed['changed'])} by "
+                   f"{', '.join(narrowed.get('rule_ids', ()))}")
+    shadow = rec.get("shadow")
+    if shadow is not None:
+        out.append(f"shadow: would {shadow['verdict']} by {', '.join(shadow['rule_ids'])} "
+                   f"(matched {', '.join(shadow.get('matched', ()))})")
+    return out
 
 
 # --- drivers ----------------------------------------------------------------------------

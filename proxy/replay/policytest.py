@@ -27,8 +27,9 @@ An action is an MCP message (``server`` or ``url``; ``tool`` / ``resource`` / ``
 resolves to). Each action becomes the ``RequestView`` the addon would build and goes
 through ``Gateway.request`` (or ``Gateway.connect``), so mediation refusals are tested
 too. ``expect``: ``verdict`` (as adjudicated: ``escalate`` stays ``escalate``),
-``rule`` (one of the rule ids; a list: exactly these), optional ``enforced`` and
-``reason`` (a substring).
+``rule`` (one of the rule ids; a list: exactly these), optional ``enforced``,
+``reason`` (a substring) and ``shadow`` (a ``mode: shadow`` rule that must have matched;
+``none``: no shadow rule may match).
 
 ``principal`` (a chain: ``[human:alice, agent:planner]`` or ``{id, kind}`` mappings)
 is put on the action as given, so rules matching ``principal`` can be tested without
@@ -76,7 +77,7 @@ _MCP_KEYS = {"server", "tool", "resource", "prompt", "mcp_method", "arguments", 
 _ACTION_KEYS = _MCP_KEYS | {"url", "method", "headers", "body", "connect", "addresses",
                             "principal", "expect", "name", "description", "result"}
 _CASE_KEYS = _ACTION_KEYS | {"actions", "prior"}
-_EXPECT_KEYS = {"verdict", "rule", "enforced", "reason"}
+_EXPECT_KEYS = {"verdict", "rule", "enforced", "reason", "shadow"}
 _VERDICTS = {v.value for v in Verdict}
 _IMPLIED = {"tool": "tools/call", "resource": "resources/read", "prompt": "prompts/get"}
 _NO_STORE_NOTE = ("uses `prior` session events, but this gateway keeps no session state, "
@@ -118,6 +119,7 @@ class _Expect:
     exact: bool = False
     enforced: str | None = None
     reason: str | None = None
+    shadow: str | None = None
 
 
 @dataclass(slots=True)
@@ -326,6 +328,12 @@ def _compare(exp: _Expect, rec: dict[str, Any]) -> str:
         problems.append(f"enforced {exp.enforced}")
     if exp.reason is not None and exp.reason not in reason:
         problems.append(f"reason containing {exp.reason!r}")
+    shadow = rec.get("shadow")
+    matched = shadow.get("matched", []) if shadow else []
+    if exp.shadow == "none" and shadow is not None:
+        problems.append(f"no shadow rule (got {', '.join(matched)})")
+    elif exp.shadow not in (None, "none") and exp.shadow not in matched:
+        problems.append(f"shadow rule {exp.shadow}")
     if not problems:
         return ""
     got = f"{verdict} by {', '.join(rules) or '-'}"
@@ -404,6 +412,10 @@ def _expect(node: LocDict, problems: _Problems) -> _Expect | None:
     if reason is not None and not isinstance(reason, str):
         problems.add(spec, "reason", "`reason` must be a string")
     exp.reason = reason
+    shadow = spec.get("shadow")
+    if shadow is not None and not (isinstance(shadow, str) and shadow):
+        problems.add(spec, "shadow", "`shadow` must be a shadow rule id or `none`")
+    exp.shadow = shadow if isinstance(shadow, str) else None
     if exp.verdict is None and rule is None:
         problems.add(spec, None, "`expect` needs `verdict` and/or `rule`")
     return exp

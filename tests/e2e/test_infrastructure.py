@@ -22,6 +22,7 @@ pytestmark = pytest.mark.e2e
 
 TOOLS = {"get_customer", "refund", "delete_all", "echo", "list_tickets", "read_transactions",
          "get_payees", "send_money", "create_ticket", "delete_ticket", "list_created_tickets"}
+TOOLS |= {"transfer"}  # list arguments (narrowing to an allowed subset)
 EXPECTED_VERSION = {"legacy": "2025-11-25", "auto": "2026-07-28"}
 
 

@@ -167,7 +167,8 @@ RULE_POOL = [
     "{id: d, match: {tool: refund, args: {currency: {in: [EUR, USD]}}}, effect: allow}",
     "{id: e, match: {server: crm, tool: refund, args: {note: {regex: '.*ignore.*'}}}, "
     "effect: deny}",
-    "{id: f, match: {server: crm, mcp_method: tools/call}, effect: narrow}",
+    "{id: f, match: {server: crm, mcp_method: tools/call}, effect: narrow, "
+    "narrow: {args: {amount: {max: 50}}}}",
     "{id: g, match: {server: crm, tool: refund, args: {amount: {present: false}}}, "
     "effect: deny}",
 ]

@@ -200,6 +200,11 @@ def build_server(name: str = "crm", calls_log: str | None = None) -> MCPServer:
         log.record("list_created_tickets", {}, ctx)
         return {"tickets": sorted(created.values(), key=lambda t: int(t["id"][2:]))}
 
+    @mcp.tool(description="Transfer an amount to one or more recipients.")
+    def transfer(to: list[str] | str, amount: float, ctx: Context) -> str:
+        log.record("transfer", {"to": to, "amount": amount}, ctx)
+        return f"transferred {amount} to {to}"
+
     @mcp.resource(
         "crm://customers/{id}",
         name="customer",

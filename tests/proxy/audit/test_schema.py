@@ -214,6 +214,14 @@ def test_encoded_body_is_canonical(action: Action | None, data: st.DataObject) -
         "total_us": data.draw(st.floats(0, 1e6)),
         "time": data.draw(st.none() | st.floats(0, 2e9)),
         "stop": data.draw(st.none() | st.sampled_from(list(StopPoint))),
+        "narrowed": data.draw(st.none() | st.fixed_dictionaries({
+            "rule_ids": st.lists(st.text(max_size=4), max_size=2),
+            "changed": st.lists(st.text(max_size=4), max_size=2),
+            "arguments": plain, "before": plain})),
+        "shadow": data.draw(st.none() | st.fixed_dictionaries({
+            "verdict": st.sampled_from(["deny", "allow"]),
+            "rule_ids": st.lists(st.text(max_size=4), max_size=2),
+            "reason": st.text(max_size=8), "matched": st.lists(st.text(max_size=4))})),
     }
     decision = Decision(Verdict.DENY, ("r", "s"), "why \u2603", "sha256:" + "0" * 64,
                         Plane.DATA, (Directive(Plane.DATA, "redact", {"b": 1, "a": [2]}),),
@@ -227,3 +235,10 @@ def test_encoded_body_is_canonical(action: Action | None, data: st.DataObject) -
         assert same(action_to_data(action_from_body(body, sealer)), action_to_data(action))
         if fields["state"]:
             assert sealer.open(body["id"], body["sealed"])["state"] == fields["state"]
+    narrowed = fields["narrowed"]
+    if narrowed is not None:  # values sealed, only names and keyed digests in the clear
+        opened = sealer.open(body["id"], body["sealed"])["narrowed"]
+        assert opened == {"arguments": narrowed["arguments"], "before": narrowed["before"]}
+        assert body["narrowed"]["argument_hmacs"] == {
+            k: sealer.digest(v) for k, v in narrowed["arguments"].items()}
+    assert body.get("shadow") == fields["shadow"]

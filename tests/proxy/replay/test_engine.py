@@ -249,3 +249,21 @@ budgets:
     assert [(r.verdict, r.rule_ids) for r in got] == [
         ("allow", ("small-refund",)), ("allow", ("small-refund",)), ("deny", ("refunds",))]
     assert "budget `refunds`" in got[2].reason
+
+
+def test_narrowed_and_shadow_outcomes_show_in_rows() -> None:
+    p = policy(POLICY + """\
+  - id: transfer-cap
+    match: {server: crm, tool: transfer}
+    effect: narrow
+    narrow: {args: {amount: {max: 50}}}
+  - {id: transfer-trial, mode: shadow, match: {server: crm, tool: transfer}, effect: deny}
+""")
+    got = rows(mcp(1, name="transfer", arguments={"amount": 500}),
+               mcp(2, name="transfer", arguments={"amount": 20}), p=p)
+    assert [(r.verdict, r.enforced, r.rule_ids) for r in got] == [
+        ("narrow", "narrow", ("transfer-cap",)), ("narrow", "narrow", ("transfer-cap",))]
+    assert got[0].notes == ("narrowed amount by transfer-cap",
+                            "shadow: would deny by transfer-trial (matched transfer-trial)")
+    assert got[1].notes == ("shadow: would deny by transfer-trial (matched transfer-trial)",)
+    assert got[0].to_dict()["notes"][0] == "narrowed amount by transfer-cap"

@@ -50,6 +50,8 @@ def test_every_rule_of_the_shipped_policies_is_tested() -> None:
             for item in [case, *case.get("actions", [])]:
                 rule = (item.get("expect") or {}).get("rule")
                 rules.update([rule] if isinstance(rule, str) else rule or [])
+                shadow = (item.get("expect") or {}).get("shadow")
+                rules.update([shadow] if shadow not in (None, "none") else [])
     support = expected[str(SUPPORT.resolve())]
     compiled = compile_file(SUPPORT)
     # lethal-trifecta only denies egress outside example.com, which network.allow already
@@ -111,6 +113,33 @@ def test_escalate_enforced_and_reason(tmp_path: Path) -> None:
     assert code == 1
     assert "expected enforced allow and reason containing 'nope', got escalate by " \
            "crm-refund-large (enforced deny)" in text
+
+
+def test_narrow_and_shadow_expectations(tmp_path: Path) -> None:
+    path = suite(tmp_path, """\
+        cases:
+          - server: crm
+            tool: search_customers
+            arguments: {limit: 100}
+            expect: {verdict: narrow, enforced: narrow, rule: crm-search}
+          - server: crm
+            tool: refund
+            arguments: {customer_id: c-1, amount: 60}
+            expect: {verdict: allow, shadow: crm-refund-review-trial}
+          - server: crm
+            tool: refund
+            arguments: {customer_id: c-1, amount: 40}
+            expect: {verdict: allow, shadow: crm-refund-review-trial}
+          - server: crm
+            tool: refund
+            arguments: {customer_id: c-1, amount: 40}
+            expect: {verdict: allow, shadow: [not, a, rule]}
+        """)
+    code, text = run(path)
+    assert code == 1
+    assert "expected shadow rule crm-refund-review-trial, got allow by crm-refund-small" in text
+    assert "`shadow` must be a shadow rule id or `none`" in text
+    assert text.count("PASS") == 2
 
 
 def test_prior_events_set_up_the_session(tmp_path: Path) -> None:
