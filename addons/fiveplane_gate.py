@@ -32,6 +32,8 @@ from proxy.http_response import StreamGovernor, govern_body
 from proxy.identity.config import token_from_headers
 from proxy.mcp_response import ResponseGovernor
 from proxy.netaddr import HostError, normalize_host, parse_ip
+from proxy.observe import Telemetry
+from proxy.observe.activity import EvidenceFinder
 from proxy.policy import compile_file
 from proxy.replies import Reply, deny_reply, sse_error_event
 from proxy.state import StateError, open_store
@@ -70,6 +72,8 @@ class FiveplaneGate:
         self._tunnel_tokens: dict[str, str] = {}
         self.control: Any = None
         self._stopping: Any = None
+        self.telemetry: Telemetry | None = None
+        self._evidence_path: Path | None = None
 
     # --- options and configuration ---------------------------------------------------
 
@@ -87,6 +91,17 @@ class FiveplaneGate:
                           "disable; port 0 picks a free one).")
         loader.add_option("fiveplane_control_token", str, "",
                           "Control API token (default: generated in the state directory).")
+        loader.add_option("fiveplane_metrics", bool, True,
+                          "Serve Prometheus metrics on the control listener (/metrics).")
+        loader.add_option("fiveplane_metrics_token", str, "",
+                          "Bearer token /metrics requires (default: none; the control "
+                          "listener is loopback-only unless configured otherwise).")
+        loader.add_option("fiveplane_decision_log", bool, True,
+                          "Log one line per decision other than allow (logger "
+                          "fiveplane.decision).")
+        loader.add_option("fiveplane_otel", bool, False,
+                          "Export an OpenTelemetry span per decision (needs the otel extra; "
+                          "OTEL_EXPORTER_OTLP_* configure where).")
         loader.add_option("fiveplane_test_faults", bool, False,
                           "Testing only: a request header `x-fiveplane-test-fault` raises "
                           "inside the addon, to prove that addon errors deny.")
@@ -104,11 +119,15 @@ class FiveplaneGate:
         except PolicyError as e:
             if self.gateway is not None:  # a reload: keep the last good policy
                 log.error("policy does not compile, keeping the previous one:\n%s", e)
+                self.gateway.observers.reloaded(False, self.gateway.policy.version,
+                                                self.gateway.policy.name, str(e))
                 return
             raise exceptions.OptionsError(f"policy does not compile:\n{e}") from e
         if self.gateway is not None and self.gateway.policy_path == Path(path):
             self.gateway.swap(policy)
+            self.gateway.observers.reloaded(True, policy.version, policy.name)
             return
+        telemetry = self._telemetry()
         state = Path(ctx.options.fiveplane_state_dir)
         # A stable instance name keeps one signing key across restarts (a new chain file
         # each time); the default names each process.
@@ -129,9 +148,31 @@ class FiveplaneGate:
                 "memory:" if ctx.options.fiveplane_state == "memory:"
                 else state / "approvals.sqlite")
             self.gateway = Gateway(policy, audit, instance=instance, policy_path=path,
-                                   store=store, policies=policies, approvals=approvals)
+                                   store=store, policies=policies, approvals=approvals,
+                                   observers=telemetry.observers())
         except (AuditError, StateError) as e:
             raise exceptions.OptionsError(str(e)) from e
+        self._evidence_path = audit.path
+        if telemetry.metrics is not None:
+            audit.on_batch = telemetry.metrics.audit_batch_done
+            telemetry.metrics.policy_version(policy.name, policy.version)
+            telemetry.metrics.watch_observers(lambda: float(self.gw().observers.errors))
+
+    def _telemetry(self) -> Telemetry:
+        """Created once per process: counters survive a change of policy file."""
+        if self.telemetry is None:
+            provider = None
+            if ctx.options.fiveplane_otel:
+                from proxy.observe.otel import setup_tracing
+
+                try:
+                    provider = setup_tracing()
+                except RuntimeError as e:
+                    raise exceptions.OptionsError(str(e)) from e
+            self.telemetry = Telemetry.create(
+                metrics=ctx.options.fiveplane_metrics,
+                decision_log=ctx.options.fiveplane_decision_log, otel_provider=provider)
+        return self.telemetry
 
     def running(self) -> None:
         loop = asyncio.get_running_loop()
@@ -150,7 +191,10 @@ class FiveplaneGate:
                         self.gateway.approvals, self.gateway.store,
                         state_dir=ctx.options.fiveplane_state_dir,
                         token=ctx.options.fiveplane_control_token or None,
-                        host=host.strip("[]"), port=attempt)
+                        host=host.strip("[]"), port=attempt, telemetry=self.telemetry,
+                        metrics_token=ctx.options.fiveplane_metrics_token or None,
+                        evidence=(EvidenceFinder(self._evidence_path)
+                                  if self._evidence_path is not None else None))
                     break
                 except OSError as e:  # another instance holds the port: take a free one
                     log.warning("control listener %s unavailable (%s)", listen, e)
@@ -273,6 +317,7 @@ class FiveplaneGate:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return  # already answered (e.g. a refused CONNECT)
+        started = time.perf_counter()
         req = flow.request
         if ctx.options.fiveplane_test_faults and "x-fiveplane-test-fault" in req.headers:
             raise RuntimeError("injected test fault")
@@ -292,10 +337,15 @@ class FiveplaneGate:
         addresses = await self._addresses(judged_host, req.port)
         result = await self.gw().settle(self.gw().request(
             view, addresses, connection_token=self._tunnel_tokens.get(flow.client_conn.id)))
-        if result.hold is not None:
+        held = result.hold is not None
+        if held:
             # Held for a person: this flow waits here, every other flow keeps moving.
             result = await self.gw().resolve_hold(result, check=lambda: _gone(flow))
         self._remember(flow, result)
+        metrics = self.telemetry.metrics if self.telemetry is not None else None
+        if metrics is not None and not held:  # a person's wait is not proxy latency
+            metrics.request_done(time.perf_counter() - started,
+                                 "denied" if result.reply is not None else "forwarded")
         if result.reply is not None:
             _respond(flow, result.reply)
             return
@@ -403,6 +453,10 @@ class FiveplaneGate:
 
     def _cut_soon(self, flow: http.HTTPFlow) -> None:
         asyncio.get_running_loop().call_soon(_cut_upstream, flow)
+        governor = self._governors.get(flow.id)
+        metrics = self.telemetry.metrics if self.telemetry is not None else None
+        if metrics is not None and governor is not None and governor.cut is not None:
+            metrics.stream_cut(governor.cut[1].rule_ids)
 
     @fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:
