@@ -371,8 +371,7 @@ class Gateway:
         if self.observers:
             self.observers.decided(DecisionEvent(
                 decision_id, action, decision, enforced, outcome,
-                (adjudicated_ns - start) / 1000, total_us,
-                action.at if action is not None and action.at else self._clock(),
+                (adjudicated_ns - start) / 1000, total_us, self._clock(),
                 commit.error is None, approval, trace))
         return decision_id, enforced, commit
 
