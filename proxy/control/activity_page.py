@@ -16,7 +16,7 @@ from .console import _layout, e
 VERDICTS = ("allow", "modify", "narrow", "defer", "pause", "escalate", "deny", "rollback")
 
 
-def activity_page(approver: str, csrf: str, now: float, poll_ms: int = 1000) -> str:
+def activity_page(approver: str, csrf: str, now: float, poll_ms: int = 500) -> str:
     options = "".join(f'<option value="{v}">{v}</option>' for v in VERDICTS)
     return _layout("fiveplane activity", f"""
 <header>
