@@ -15,7 +15,6 @@ import re
 import threading
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +27,24 @@ OTHER = "other"
 FILTERS = ("verdict", "rule", "principal", "session", "outcome")
 
 
-@dataclass(frozen=True, slots=True)
 class Entry:
-    seq: int
-    at: float
-    fields: Mapping[str, Any]
+    """One decision; its display fields are built on first read (the page polls a few
+    entries a second, the proxy may decide thousands), then kept."""
+
+    __slots__ = ("_event", "_fields", "at", "seq")
+
+    def __init__(self, seq: int, at: float, event: DecisionEvent) -> None:
+        self.seq, self.at = seq, at
+        self._event: DecisionEvent | None = event
+        self._fields: Mapping[str, Any] | None = None
+
+    @property
+    def fields(self) -> Mapping[str, Any]:
+        if self._fields is None:
+            assert self._event is not None
+            self._fields = decision_fields(self._event)
+            self._event = None          # the action (with its argument values) is let go
+        return self._fields
 
     def to_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "time": self.at, **self.fields}
@@ -67,13 +79,12 @@ class ActivityFeed:
         self.total = 0
 
     def decided(self, event: DecisionEvent) -> None:
-        fields = decision_fields(event)
-        verdict = fields["verdict"]
+        verdict = event.enforced.verdict.value
         with self._lock:
             self._seq += 1
             self.total += 1
-            self._entries.append(Entry(self._seq, event.at, fields))
-            for rule in fields["rule_ids"] or ["none"]:
+            self._entries.append(Entry(self._seq, event.at, event))
+            for rule in event.enforced.rule_ids or ("none",):
                 counts = self.by_rule.get(rule)
                 if counts is None:
                     if len(self.by_rule) >= self.max_rules:
@@ -91,14 +102,14 @@ class ActivityFeed:
         want = {k: v for k, v in (filters or {}).items() if k in FILTERS and v}
         with self._lock:
             entries = list(self._entries)
-        out: list[dict[str, Any]] = []
-        for entry in reversed(entries):
-            if entry.seq <= seq:
-                break
-            if entry.matches(want):
-                out.append(entry.to_dict())
-                if len(out) >= limit:
+            out: list[dict[str, Any]] = []
+            for entry in reversed(entries):   # under the lock: fields are built once
+                if entry.seq <= seq:
                     break
+                if entry.matches(want):
+                    out.append(entry.to_dict())
+                    if len(out) >= limit:
+                        break
         return out
 
     def counters(self) -> dict[str, dict[str, int]]:

@@ -13,6 +13,7 @@ log lines (errors, warnings) come out in the same format.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import sys
@@ -127,7 +128,7 @@ def decision_fields(event: DecisionEvent) -> dict[str, Any]:
         "outcome": event.outcome,
         "rule_ids": list(enforced.rule_ids),
         "plane": enforced.plane.value,
-        "reason": _cut(redact_text(enforced.reason)),
+        "reason": _masked(enforced.reason),
         "target": "",
         "tool": "",
         "principal": [],
@@ -149,6 +150,12 @@ def decision_fields(event: DecisionEvent) -> dict[str, Any]:
         else:
             fields["trace_invalid"] = trace.get("invalid", "")
     return fields
+
+
+@functools.lru_cache(maxsize=4096)
+def _masked(reason: str) -> str:
+    """Reasons repeat (one per rule): mask each distinct one once."""
+    return _cut(redact_text(reason))
 
 
 def _cut(text: str) -> str:

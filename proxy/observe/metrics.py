@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -126,6 +127,9 @@ class Metrics:
         self._policy: tuple[str, str] | None = None
         self._held_lock = threading.Lock()
         self._held = 0
+        # label children by key: `labels()` takes a lock and builds a tuple per call
+        self._children: dict[tuple[str, str, str], Any] = {}
+        self._rule_children: dict[tuple[str, str], Any] = {}
         for result in ("ok", "failed"):
             self.reloads.labels(result)     # export zeros: alerts need the series to exist
         self.audit_failures.inc(0)
@@ -135,9 +139,19 @@ class Metrics:
     def decided(self, event: DecisionEvent) -> None:
         enforced = event.enforced
         verdict = enforced.verdict.value
-        self.decisions.labels(verdict, enforced.plane.value, event.outcome).inc()
+        key = (verdict, enforced.plane.value, event.outcome)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.decisions.labels(*key)
+        child.inc()
         for rule in enforced.rule_ids or ("none",):
-            self.rule_decisions.labels(self._rule(rule), verdict).inc()
+            rkey = (rule, verdict)
+            child = self._rule_children.get(rkey)
+            if child is None:
+                child = self.rule_decisions.labels(self._rule(rule), verdict)
+                if len(self._rule_children) < 32 * MAX_RULES:
+                    self._rule_children[rkey] = child
+            child.inc()
         if event.adjudication_us:
             self.adjudication.observe(event.adjudication_us / 1e6)
         if event.total_us:
