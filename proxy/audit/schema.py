@@ -31,6 +31,8 @@ A record line is ``{"body": BODY, "chain", "instance", "prev", "seq", "type", "v
                 needs to re-decide; AAD = ``fiveplane-audit-v1|<chain>|<id>``.
                 Never exported; only ``audit explain`` opens it, with the instance key.
 ``extra``       optional: caller metadata (e.g. removed tools), not used to re-decide
+                (``approval``: a resolved hold; ``trace``: the agent's W3C trace context,
+                see SCHEMA.md)
 ==============  ==========================================================================
 
 Why values are never written raw: evidence outlives the secrets in it. HMACs still answer

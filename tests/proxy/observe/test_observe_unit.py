@@ -274,3 +274,21 @@ def test_otel_span_is_a_child_of_the_agents_trace(tmp_path: Path) -> None:
     assert first.attributes["fiveplane.decision_id"] == denied.decision_id
     assert first.attributes["fiveplane.verdict"] == "deny"
     assert second.parent is None                 # no traceparent: a root span
+
+
+def test_redactions_counted_by_detector(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(POLICY + """\
+data:
+  detect: [pii.email]
+  requests: {pii.email: redact}
+""")
+    telemetry = Telemetry.create(decision_log=False)
+    gw = Gateway(compile_file(path), MemorySink(), observers=telemetry.observers())
+    result = gw.request(view("get_customer", note="write to alice@example.com please"))
+    assert result.forwarded and b"alice@example.com" not in (result.body or b"")
+    got = samples(telemetry.metrics)
+    assert got[("fiveplane_redactions_total", (("detector", "pii.email"),
+                                               ("where", "request")))] == 1
+    assert got[("fiveplane_decisions_total", (("outcome", "redacted"), ("plane", "data"),
+                                              ("verdict", "modify")))] == 1
