@@ -149,20 +149,25 @@ JS = """
     });
   }
   function renderSessions(sessions, now) {
+    // rows are updated in place (keyed by session), so a Kill button is never replaced
+    // under the pointer by the next poll
     var body = document.getElementById("session-rows");
-    if (document.activeElement && document.activeElement.closest &&
-        document.activeElement.closest("#session-rows")) { return; }
-    body.textContent = "";
-    (sessions || []).forEach(function (s) {
-      var tr = document.createElement("tr");
-      tr.dataset.session = s.session;
-      cell(tr, s.session.length > 28 ? "\\u2026" + s.session.slice(-27) : s.session)
-        .title = s.session;
-      cell(tr, (s.principal || "\\u2014").slice(0, 16));
-      cell(tr, Math.max(0, Math.round(now - s.last_seen)) + "s ago");
-      cell(tr, s.killed ? "killed: " + s.killed : "active", s.killed ? "killed" : "alive");
-      var td = cell(tr, "");
-      if (!s.killed) {
+    var existing = {}, seen = {};
+    Array.prototype.forEach.call(body.children, function (tr) {
+      existing[tr.dataset.session] = tr;
+    });
+    (sessions || []).forEach(function (s, i) {
+      seen[s.session] = true;
+      var tr = existing[s.session];
+      if (!tr) {
+        tr = document.createElement("tr");
+        tr.dataset.session = s.session;
+        cell(tr, s.session.length > 28 ? "\u2026" + s.session.slice(-27) : s.session)
+          .title = s.session;
+        cell(tr, (s.principal || "\u2014").slice(0, 16));
+        cell(tr, "", "seen");
+        cell(tr, "", "state");
+        var td = cell(tr, "", "actions");
         var b = document.createElement("button");
         b.type = "button";
         b.className = "deny kill";
@@ -172,7 +177,17 @@ JS = """
         b.addEventListener("click", function () { kill(s.session, b); });
         td.appendChild(b);
       }
-      body.appendChild(tr);
+      tr.querySelector(".seen").textContent =
+        Math.max(0, Math.round(now - s.last_seen)) + "s ago";
+      var state = tr.querySelector(".state");
+      state.textContent = s.killed ? "killed: " + s.killed : "active";
+      state.className = "state " + (s.killed ? "killed" : "alive");
+      var button = tr.querySelector("button.kill");
+      if (s.killed && button) { button.remove(); }
+      if (body.children[i] !== tr) { body.insertBefore(tr, body.children[i] || null); }
+    });
+    Object.keys(existing).forEach(function (id) {
+      if (!seen[id]) { existing[id].remove(); }
     });
   }
   function kill(session, button) {
