@@ -18,7 +18,6 @@ from .control import cli as control_cli
 from .errors import PolicyError
 from .identity import cli as token_cli
 from .mcp import pins_cli, wrap_cli
-from .observe.logs import configure_logging
 from .policy import compile_file
 from .replay import cli as replay_cli
 
@@ -173,6 +172,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PolicyError as e:
         print(e, file=sys.stderr)
         return EXIT_INVALID
+    from .observe.logs import configure_logging
+
     configure_logging("debug" if args.verbose else args.log_level, args.log_format)
     try:
         return asyncio.run(_serve(args, policy, compiled.version))
