@@ -30,7 +30,7 @@ LEVELS = ("debug", "info", "warning", "error")
 MAX_FIELD = 2000
 # LogRecord attributes that are not event fields
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName"}
+    "message", "asctime", "taskName", "color_message"}   # uvicorn's ANSI-coloured copy
 
 
 class JsonFormatter(logging.Formatter):
