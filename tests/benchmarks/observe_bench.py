@@ -47,6 +47,7 @@ QUICK_N = 500
 WARMUP = 100
 TARGET = 1.02
 DENY_EVERY = 5
+DISTINCT_TOOLS = 10_000
 
 
 def write_policy(path: Path, mcp_port: int) -> None:
@@ -150,6 +151,8 @@ def run(quick: bool = False, log: Callable[[str], None] = print) -> Section:
         scraped = httpx.get(control.group(1) + "/metrics", trust_env=False, timeout=10).text
         log_lines = sum(1 for line in proxies["on"].output().splitlines()
                         if '"event":"decision"' in line)
+        cardinality = distinct_tools(f"http://127.0.0.1:{proxies['on'].port}", mcp_url,
+                                     control.group(1), log)
     finally:
         for s in series.values():
             s.client.close()
@@ -190,6 +193,13 @@ def run(quick: bool = False, log: Callable[[str], None] = print) -> Section:
     if counted != denies:
         section.missed.append(f"metrics counted {counted:.0f} denies, {denies} were sent")
     section.data["ratio_p50"] = p50_ratio
+    before, after, seconds, denied = cardinality
+    section.add(
+        f"Cardinality: {DISTINCT_TOOLS:,} calls with distinct tool names through the `on` "
+        f"proxy ({denied:,} denied by the default, {seconds:.0f} s): `/metrics` had "
+        f"{before} series before and {after} after (tool names are never labels).")
+    if after != before:
+        section.missed.append(f"distinct tool names added {after - before} series")
     log("  observe: in-process gateway decisions ...")
     section.add(in_process(quick))
     return section
@@ -252,6 +262,31 @@ def in_process(quick: bool) -> str:
             + f"\n\nTelemetry adds {added:.1f} µs per decision on average (metrics, JSON "
             "decision log line for each deny, activity feed), measured in-process without "
             "network noise.")
+
+
+def distinct_tools(proxy_url: str, mcp_url: str, control: str,
+                   log: Callable[[str], None]) -> tuple[int, int, float, int]:
+    """Series count before and after DISTINCT_TOOLS calls naming a new tool each."""
+    import time
+
+    with httpx.Client(proxy=proxy_url, trust_env=False, timeout=30.0) as client:
+        def send(name: str, i: int) -> httpx.Response:
+            body, hdrs = modern_request("tools/call", {"name": name, "arguments": {}}, id=i)
+            return client.post(mcp_url, content=json.dumps(body).encode(), headers={
+                "Content-Type": "application/json", "Accept": JSONRPC_ACCEPT, **hdrs})
+
+        send("tool-first", 0)            # opens the default rule's series
+        before = len(_families(httpx.get(control + "/metrics", trust_env=False).text))
+        started = time.monotonic()
+        denied = 0
+        for i in range(DISTINCT_TOOLS):
+            r = send(f"tool-{i:05d}-distinct", i + 1)
+            denied += "error" in r.json()
+            if (i + 1) % 2500 == 0:
+                log(f"  observe: {i + 1:,} distinct tool names sent")
+        seconds = time.monotonic() - started
+        after = len(_families(httpx.get(control + "/metrics", trust_env=False).text))
+    return before, after, seconds, denied
 
 
 def _families(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
