@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .events import DecisionEvent
-from .logs import decision_fields
+from .logs import Brief, decision_fields
 
 CAPACITY = 2000
 MAX_RULES = 512
@@ -33,9 +33,9 @@ class Entry:
 
     __slots__ = ("_event", "_fields", "at", "seq")
 
-    def __init__(self, seq: int, at: float, event: DecisionEvent) -> None:
+    def __init__(self, seq: int, at: float, brief: Brief) -> None:
         self.seq, self.at = seq, at
-        self._event: DecisionEvent | None = event
+        self._event: Brief | None = brief      # never the action: no argument values kept
         self._fields: Mapping[str, Any] | None = None
 
     @property
@@ -43,7 +43,7 @@ class Entry:
         if self._fields is None:
             assert self._event is not None
             self._fields = decision_fields(self._event)
-            self._event = None          # the action (with its argument values) is let go
+            self._event = None
         return self._fields
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,10 +80,11 @@ class ActivityFeed:
 
     def decided(self, event: DecisionEvent) -> None:
         verdict = event.enforced.verdict.value
+        brief = Brief.of(event)
         with self._lock:
             self._seq += 1
             self.total += 1
-            self._entries.append(Entry(self._seq, event.at, event))
+            self._entries.append(Entry(self._seq, event.at, brief))
             for rule in event.enforced.rule_ids or ("none",):
                 counts = self.by_rule.get(rule)
                 if counts is None:

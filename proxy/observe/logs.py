@@ -18,9 +18,13 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ..approvals.redact import redact_text
+from ..decision import Decision
+from ..principal import Principal
 from .events import DecisionEvent
 
 DECISIONS = logging.getLogger("fiveplane.decision")
@@ -117,33 +121,57 @@ class DecisionLog:
                      extra={"event": "state_error", "where": where})
 
 
-def decision_fields(event: DecisionEvent) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class Brief:
+    """What is kept of a decision for display: no argument values, strings cut."""
+
+    decision_id: str
+    decision: Decision
+    enforced: Decision
+    outcome: str
+    target: str
+    tool: str
+    principal: Principal | None
+    session: str
+    recorded: bool
+    trace: Mapping[str, Any] | None
+
+    @classmethod
+    def of(cls, event: DecisionEvent) -> Brief:
+        action = event.action
+        if action is None:
+            return cls(event.decision_id, event.decision, event.enforced, event.outcome, "",
+                       "", None, "", event.recorded, event.trace)
+        return cls(event.decision_id, event.decision, event.enforced, event.outcome,
+                   _cut(action.server or action.target),
+                   _cut(action.name or action.mcp_method or action.method),
+                   action.principal, action.session, event.recorded, event.trace)
+
+
+def decision_fields(event: DecisionEvent | Brief) -> dict[str, Any]:
     """What a log line or the activity page shows of a decision (no argument values;
     reasons with anything key-like masked)."""
-    action, enforced = event.action, event.enforced
+    brief = event if isinstance(event, Brief) else Brief.of(event)
+    enforced = brief.enforced
     fields: dict[str, Any] = {
         "event": "decision",
-        "decision_id": event.decision_id,
+        "decision_id": brief.decision_id,
         "verdict": enforced.verdict.value,
-        "outcome": event.outcome,
+        "outcome": brief.outcome,
         "rule_ids": list(enforced.rule_ids),
         "plane": enforced.plane.value,
         "reason": _masked(enforced.reason),
-        "target": "",
-        "tool": "",
-        "principal": [],
-        "session": "",
+        "target": brief.target,
+        "tool": brief.tool,
+        "principal": ([link.id for link in brief.principal.chain]
+                      if brief.principal is not None else []),
+        "session": brief.session,
     }
-    if enforced is not event.decision and enforced != event.decision:
-        fields["decided"] = event.decision.verdict.value
-    if action is not None:
-        fields["target"] = _cut(action.server or action.target)
-        fields["tool"] = _cut(action.name or action.mcp_method or action.method)
-        fields["principal"] = [link.id for link in action.principal.chain]
-        fields["session"] = action.session
-    if not event.recorded:
+    if enforced is not brief.decision and enforced != brief.decision:
+        fields["decided"] = brief.decision.verdict.value
+    if not brief.recorded:
         fields["recorded"] = False
-    trace = event.trace
+    trace = brief.trace
     if trace:
         if "trace_id" in trace:
             fields["trace_id"] = trace["trace_id"]

@@ -187,6 +187,9 @@ def test_activity_feed_filters_and_evidence_link(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         EvidenceFinder(audit.path)("../../etc/passwd")
     assert SECRET not in json.dumps(feed.since(0))
+    gw.request(view("get_customer", id=SECRET * 1000))
+    unread = feed._entries[-1]
+    assert SECRET not in repr(unread._event)      # argument values are never kept
     audit.close()
 
 
