@@ -197,3 +197,43 @@ def test_distinct_tool_names_add_no_series(env: dict[str, Any]) -> None:
     assert not any("tool-" in v for (_, labels) in series for _, v in labels)
     assert value(after, "fiveplane_rule_decisions_total", rule="defaults.effect",
                  verdict="deny") == 301
+
+
+def test_stream_cuts_and_redactions_counted_by_detector(tmp_path: Path, mcp_server: Any,
+                                                        proxy_process: Any) -> None:
+    import anyio
+    from clients import mcp_client
+    from test_data_plane import POLICY as DATA_POLICY
+    from test_data_plane import EndlessSse
+
+    feed = EndlessSse()
+    try:
+        server = mcp_server.start(json_response=True)
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(DATA_POLICY.format(stream=feed.port, mcp=server.port,
+                                             mcp_url=server.url))
+        proxy = proxy_process.start_fiveplane(
+            policy, state_dir=tmp_path / "state",
+            extra=["--control", "127.0.0.1:0", "--control-token", TOKEN])
+        control = re.search(r"console\s+(http://127\.0\.0\.1:\d+)", proxy.output())
+        assert control, proxy.output()
+        env = {"control": control.group(1)}
+        with http_client(proxy.url, proxy.ca_file, timeout=20) as c, \
+                c.stream("GET", f"http://127.0.0.1:{feed.port}/feed") as r:
+            try:
+                for _ in r.iter_lines():
+                    pass
+            except httpx.HTTPError:
+                pass                                # cut: the proxy closed the stream
+
+        async def customer() -> Any:
+            async with mcp_client(server.url, proxy.url, proxy.ca_file, mode="auto") as c:
+                return await c.call_tool("get_customer", {"customer_id": "c-1"})
+
+        assert "[REDACTED:" in anyio.run(customer).content[0].text
+        metrics = wait_for(lambda: (m := scrape(env)) and value(
+            m, "fiveplane_stream_cuts_total", rule="data.secrets.aws_secret_key") == 1 and m)
+        assert value(metrics, "fiveplane_redactions_total", detector="pii.credit_card",
+                     where="response") == 1
+    finally:
+        feed.close()
