@@ -36,6 +36,8 @@ from proxy.killswitch import SWEEP_SECONDS, OpenStreams
 from proxy.mcp.answer import answer_server, upstream_trust
 from proxy.mcp_response import ResponseGovernor
 from proxy.netaddr import HostError, normalize_host, parse_ip
+from proxy.observe import Telemetry
+from proxy.observe.activity import EvidenceFinder
 from proxy.policy import compile_file
 from proxy.policy.compensations import HttpResult
 from proxy.replies import Reply, deny_reply, sse_error_event
@@ -80,6 +82,8 @@ class FiveplaneGate:
         self._answering: set[asyncio.Task[bool]] = set()
         self.control: Any = None
         self._stopping: Any = None
+        self.telemetry: Telemetry | None = None
+        self._evidence_path: Path | None = None
 
     # --- options and configuration ---------------------------------------------------
 
@@ -105,6 +109,17 @@ class FiveplaneGate:
         loader.add_option("fiveplane_rollback_interval", float, 1.0,
                           "Seconds between checks for killed sessions whose compensations "
                           "must run (a kill may come from another process).")
+        loader.add_option("fiveplane_metrics", bool, True,
+                          "Serve Prometheus metrics on the control listener (/metrics).")
+        loader.add_option("fiveplane_metrics_token", str, "",
+                          "Bearer token /metrics requires (default: none; the control "
+                          "listener is loopback-only unless configured otherwise).")
+        loader.add_option("fiveplane_decision_log", bool, True,
+                          "Log one line per decision other than allow (logger "
+                          "fiveplane.decision).")
+        loader.add_option("fiveplane_otel", bool, False,
+                          "Export an OpenTelemetry span per decision (needs the otel extra; "
+                          "OTEL_EXPORTER_OTLP_* configure where).")
         loader.add_option("fiveplane_test_faults", bool, False,
                           "Testing only: a request header `x-fiveplane-test-fault` raises "
                           "inside the addon, to prove that addon errors deny.")
@@ -130,11 +145,15 @@ class FiveplaneGate:
         except PolicyError as e:
             if self.gateway is not None:  # a reload: keep the last good policy
                 log.error("policy does not compile, keeping the previous one:\n%s", e)
+                self.gateway.observers.reloaded(False, self.gateway.policy.version,
+                                                self.gateway.policy.name, str(e))
                 return
             raise exceptions.OptionsError(f"policy does not compile:\n{e}") from e
         if self.gateway is not None and self.gateway.policy_path == Path(path):
             self.gateway.swap(policy)
+            self.gateway.observers.reloaded(True, policy.version, policy.name)
             return
+        telemetry = self._telemetry()
         state = Path(ctx.options.fiveplane_state_dir)
         # A stable instance name keeps one signing key across restarts (a new chain file
         # each time); the default names each process.
@@ -159,9 +178,31 @@ class FiveplaneGate:
                 "memory:" if ctx.options.fiveplane_state == "memory:"
                 else state / "approvals.sqlite")
             self.gateway = Gateway(policy, audit, instance=instance, policy_path=path,
-                                   store=store, policies=policies, approvals=approvals)
+                                   store=store, policies=policies, approvals=approvals,
+                                   observers=telemetry.observers())
         except (AuditError, StateError) as e:
             raise exceptions.OptionsError(str(e)) from e
+        self._evidence_path = audit.path
+        if telemetry.metrics is not None:
+            audit.on_batch = telemetry.metrics.audit_batch_done
+            telemetry.metrics.policy_version(policy.name, policy.version)
+            telemetry.metrics.watch_observers(lambda: float(self.gw().observers.errors))
+
+    def _telemetry(self) -> Telemetry:
+        """Created once per process: counters survive a change of policy file."""
+        if self.telemetry is None:
+            provider = None
+            if ctx.options.fiveplane_otel:
+                from proxy.observe.otel import setup_tracing
+
+                try:
+                    provider = setup_tracing()
+                except RuntimeError as e:
+                    raise exceptions.OptionsError(str(e)) from e
+            self.telemetry = Telemetry.create(
+                metrics=ctx.options.fiveplane_metrics,
+                decision_log=ctx.options.fiveplane_decision_log, otel_provider=provider)
+        return self.telemetry
 
     def running(self) -> None:
         loop = asyncio.get_running_loop()
@@ -184,7 +225,10 @@ class FiveplaneGate:
                         self.gateway.approvals, self.gateway.store,
                         state_dir=ctx.options.fiveplane_state_dir,
                         token=ctx.options.fiveplane_control_token or None,
-                        host=host.strip("[]"), port=attempt)
+                        host=host.strip("[]"), port=attempt, telemetry=self.telemetry,
+                        metrics_token=ctx.options.fiveplane_metrics_token or None,
+                        evidence=(EvidenceFinder(self._evidence_path)
+                                  if self._evidence_path is not None else None))
                     break
                 except OSError as e:  # another instance holds the port: take a free one
                     log.warning("control listener %s unavailable (%s)", listen, e)
@@ -344,6 +388,7 @@ class FiveplaneGate:
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:
             return  # already answered (e.g. a refused CONNECT)
+        started = time.perf_counter()
         req = flow.request
         if ctx.options.fiveplane_test_faults and "x-fiveplane-test-fault" in req.headers:
             raise RuntimeError("injected test fault")
@@ -363,11 +408,16 @@ class FiveplaneGate:
         addresses = await self._addresses(judged_host, req.port)
         result = await self.gw().settle(self.gw().request(
             view, addresses, connection_token=self._tunnel_tokens.get(flow.client_conn.id)))
-        if result.waits:
+        held = result.waits
+        if held:
             # Held for a person or parked (defer, pause): this flow waits here, every other
             # flow keeps moving.
             result = await self.gw().resolve_hold(result, check=lambda: _gone(flow))
         self._remember(flow, result)
+        metrics = self.telemetry.metrics if self.telemetry is not None else None
+        if metrics is not None and not held:  # a person's wait is not proxy latency
+            metrics.request_done(time.perf_counter() - started,
+                                 "denied" if result.reply is not None else "forwarded")
         if result.reply is not None and result.action is not None \
                 and ROLLBACK_KEY in result.action.extra:
             self.gw().rollback.cancel(result.action)  # journaled, then not sent after all
@@ -501,6 +551,10 @@ class FiveplaneGate:
 
     def _cut_soon(self, flow: http.HTTPFlow) -> None:
         asyncio.get_running_loop().call_soon(_cut_upstream, flow)
+        governor = self._governors.get(flow.id)
+        metrics = self.telemetry.metrics if self.telemetry is not None else None
+        if metrics is not None and governor is not None and governor.cut is not None:
+            metrics.stream_cut(governor.cut[1].rule_ids)
 
     @fail_closed
     async def response(self, flow: http.HTTPFlow) -> None:

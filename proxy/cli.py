@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import sys
 from importlib import resources
 from pathlib import Path
@@ -74,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default); batch: written before, fsynced within S seconds "
                           "(default 0.05): faster, but a machine crash can lose the last "
                           "records")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                     default="info", help="log level (default info; -v means debug)")
+    run.add_argument("--log-format", choices=["text", "json"], default="text",
+                     help="log lines for a terminal (text) or a log pipeline (json: one "
+                          "object per line)")
+    run.add_argument("--decision-log", choices=["on", "off"], default="on",
+                     help="log one line per decision other than allow (default on)")
+    run.add_argument("--metrics", choices=["on", "off"], default="on",
+                     help="Prometheus metrics at /metrics on the control listener")
+    run.add_argument("--metrics-token", default="",
+                     help="bearer token /metrics requires (default: none, loopback only)")
+    run.add_argument("--otel", action="store_true",
+                     help="export an OpenTelemetry span per decision (needs the otel extra)")
     run.add_argument("--test-faults", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("-v", "--verbose", action="store_true")
 
@@ -144,6 +156,13 @@ def ensure_ca(certs: Path) -> Path:
     return certs.resolve() / CA_FILE
 
 
+def _metrics_url(gate: object, args: argparse.Namespace) -> str:
+    control = getattr(gate, "control", None)
+    if control is None or args.metrics == "off":
+        return "off"
+    return control.url + "/metrics" + (" (bearer token)" if args.metrics_token else "")
+
+
 def cmd_ca(certs: Path) -> int:
     print(ensure_ca(certs))
     return EXIT_OK
@@ -158,8 +177,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except PolicyError as e:
         print(e, file=sys.stderr)
         return EXIT_INVALID
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .observe.logs import configure_logging
+
+    configure_logging("debug" if args.verbose else args.log_level, args.log_format)
     try:
         return asyncio.run(_serve(args, policy, compiled.version))
     except (GovernanceError, OSError) as e:
@@ -200,6 +220,10 @@ async def _serve(args: argparse.Namespace, policy: str, version: str) -> int:
         "fiveplane_reload_interval": args.reload_interval,
         "fiveplane_test_faults": args.test_faults,
         "fiveplane_audit_durability": args.audit_durability,
+        "fiveplane_metrics": args.metrics == "on",
+        "fiveplane_metrics_token": args.metrics_token,
+        "fiveplane_decision_log": args.decision_log == "on",
+        "fiveplane_otel": args.otel,
         "fiveplane_policy": policy,
     }
     if args.upstream_ca:
@@ -231,6 +255,8 @@ async def _serve(args: argparse.Namespace, policy: str, version: str) -> int:
           f"  trust     {ca}\n"
           f"  console   {gate.control.url if gate.control else 'off'}"
           f" (token in {Path(args.state_dir) / 'control.token'})\n"
+          f"  activity  {gate.control.url + '/activity' if gate.control else 'off'}\n"
+          f"  metrics   {_metrics_url(gate, args)}\n"
           f"  agents    export HTTP_PROXY={url} HTTPS_PROXY={url} SSL_CERT_FILE={ca}",
           flush=True)
     await task

@@ -34,6 +34,8 @@ from .mcp.guard import Hold, McpGuard, Note
 from .mcp.shadow import shadow_scope
 from .mcp_response import ResponseGovernor
 from .narrow import NO_BODY, Fields, Narrowed, narrow, narrow_rule_ids
+from .observe.events import DecisionEvent, DecisionObserver, Observers
+from .observe.trace import trace_from_headers
 from .policy import CompiledPolicy, compile_file
 from .policy.rules import make_decision
 from .policy.sessions import Budget
@@ -122,8 +124,10 @@ class Gateway:
                  policy_path: str | Path | None = None, store: StateStore | None = None,
                  policies: PolicyStore | None = None,
                  clock: Callable[[], float] = time.time,
-                 approvals: ApprovalStore | None = None) -> None:
+                 approvals: ApprovalStore | None = None,
+                 observers: Iterable[DecisionObserver] = ()) -> None:
         self._clock = clock  # replay passes the capture's clock
+        self.observers = Observers(observers)  # metrics, decision logs, activity feed
         self.approvals = approvals
         self._policies = policies
         if policies is not None:
@@ -160,14 +164,17 @@ class Gateway:
         except PolicyError as e:
             log.error("policy reload failed, keeping version %s:\n%s",
                       self.policy.short_version, e)
+            self.observers.reloaded(False, self.policy.version, self.policy.name, str(e))
             return e
         if policy.version != self.policy.version:
             try:
                 self.swap(policy)
             except AuditError as e:
                 log.error("policy reload failed: cannot store the new version: %s", e)
+                self.observers.reloaded(False, self.policy.version, self.policy.name, str(e))
                 return None
             log.info("policy reloaded: %s version %s", policy.name, policy.short_version)
+            self.observers.reloaded(True, policy.version, policy.name)
         return None
 
     # --- deciding -----------------------------------------------------------------------
@@ -225,6 +232,7 @@ class Gateway:
             self._release(charged, action.at)
             adjudicated = False
             enforced = narrowed = None
+            self.observers.state_error("judge", e)
             decision = make_decision(
                 Verdict.DENY, ("state.unavailable",),
                 f"session state could not be read or updated, so the action is denied: {e}",
@@ -242,6 +250,7 @@ class Gateway:
             self._apply(action, final, narrowed)
         except StateError as e:
             log.error("could not record session labels for %s: %s", decision_id, e)
+            self.observers.state_error("labels", e)
         return Judged(after, decision_id, final, commit, tuple(charged), narrowed)
 
     def _enforceable(self, decision: Decision) -> Decision:
@@ -340,6 +349,7 @@ class Gateway:
                 self.store.release(key, amount, window, now)
             except StateError as e:
                 log.error("could not release budget %s: %s", key, e)
+                self.observers.state_error("release", e)
         charged.clear()
 
     def _apply(self, action: Action, decision: Decision,
@@ -432,26 +442,35 @@ class Gateway:
         if outcome is None:
             outcome = ("held" if self._holds(enforced, action) else
                        "forwarded" if enforced.verdict.proceeds else "denied")
+        extra = dict(extra or {})
         if approval:
-            extra = {**(extra or {}), "approval": dict(approval)}
+            extra["approval"] = dict(approval)
+        trace = action.extra.get("trace") if action is not None else None
+        if trace:
+            extra["trace"] = trace
         # only when present: evidence sinks that predate them keep working
         more: dict[str, Any] = {}
         if narrowed is not None:
             more["narrowed"] = narrowed
         if shadow is not None:
             more["shadow"] = shadow
+        total_us = (time.perf_counter_ns() - start) / 1000
         commit = self._evidence.record(
             action, decision, outcome=outcome, decision_id=decision_id,
             enforced=None if enforced is decision else enforced, adjudicated=adjudicated,
-            adjudication_us=(adjudicated_ns - start) / 1000,
-            total_us=(time.perf_counter_ns() - start) / 1000,
+            adjudication_us=(adjudicated_ns - start) / 1000, total_us=total_us,
             extra=extra or None, **more)
         if commit.error is not None:
             log.error("%s", commit.error)
-            return decision_id, make_decision(
+            enforced = make_decision(
                 Verdict.DENY, ("audit.unavailable",),
                 f"the decision could not be recorded, so it is not acted on: {commit.error}",
-                decision.policy_version, Plane.REASONING), commit
+                decision.policy_version, Plane.REASONING)
+        if self.observers:
+            self.observers.decided(DecisionEvent(
+                decision_id, action, decision, enforced, outcome,
+                (adjudicated_ns - start) / 1000, total_us, self._clock(),
+                commit.error is None, approval, trace))
         return decision_id, enforced, commit
 
     def record_outcome(self, action: Action | None, decision: Decision, outcome: str, *,
@@ -537,6 +556,10 @@ class Gateway:
         policy = self.policy
         view = replace(view, principal=self.principal(view.headers, connection_token))
         action = translate_request(view, policy)
+        if not isinstance(action, Refusal):
+            trace = trace_from_headers(view.headers)
+            if trace is not None:  # telemetry only: recorded, never judged
+                action = replace(action, extra={**action.extra, "trace": trace.to_record()})
         strip = headers_to_strip(None if isinstance(action, Refusal) else action,
                                  policy.identity) | {SESSION_HEADER}
         if isinstance(action, Refusal):
@@ -724,6 +747,10 @@ class Gateway:
         commit = self._evidence.record(
             action, decision, outcome=note.outcome, decision_id=decision_id,
             adjudicated=False, extra={"mcp": json.loads(json.dumps(note.detail, default=str))})
+        if self.observers:
+            self.observers.decided(DecisionEvent(
+                decision_id, action, decision, decision, note.outcome, 0.0, 0.0,
+                self._clock(), commit.error is None))
         return None if commit.error is not None else decision_id
 
     # --- data plane -------------------------------------------------------------------------

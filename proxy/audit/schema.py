@@ -32,7 +32,8 @@ A record line is ``{"body": BODY, "chain", "instance", "prev", "seq", "type", "v
                 ``{"arguments", "extra", "state", "narrowed"}`` — the raw values the adjudicator
                 needs to re-decide; AAD = ``fiveplane-audit-v1|<chain>|<id>``.
                 Never exported; only ``audit explain`` opens it, with the instance key.
-``extra``       optional: caller metadata (e.g. removed tools; ``approval``; ``parked``
+``extra``       optional: caller metadata (e.g. removed tools; ``approval``; ``trace``:
+                the agent's W3C trace context, see SCHEMA.md; ``parked``
                 ``{"first", "previous", "waited_seconds"}`` linking a parked call's
                 re-decision or denial to its first decision), not used to re-decide
 ``narrowed``    optional (``narrow`` decisions): ``{"v": 1, "rule_ids", "changed",

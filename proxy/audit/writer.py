@@ -38,7 +38,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -236,6 +236,9 @@ class AuditLog:
         self._sync_deadline = 0.0
         self._sync_error: OSError | None = None
         self.last_error: AuditError | None = None
+        # telemetry: called on the writer thread after each batch with (records, seconds
+        # for write + fsync, the batch's error or None); must be cheap and never raise
+        self.on_batch: Callable[[int, float, AuditError | None], None] | None = None
         # shared state (under ``_cond``)
         self._cond = threading.Condition(threading.Lock())
         self._state_lock = threading.Lock()
@@ -377,7 +380,11 @@ class AuditLog:
                 _resolve(self._state_lock, [c for _, c, _ in batch],
                          AuditError(f"audit writer error: {e!r}"))
             if batch:
-                self._io = 0.8 * self._io + 0.2 * (time.monotonic() - started)
+                took = time.monotonic() - started
+                self._io = 0.8 * self._io + 0.2 * took
+                if self.on_batch is not None:
+                    with contextlib.suppress(Exception):
+                        self.on_batch(len(batch), took, batch[0][1].error)
             if self._unsynced and time.monotonic() >= self._sync_deadline:
                 self._sync()  # after the batch's commits resolved: they never wait for it
             if closing:

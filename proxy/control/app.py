@@ -28,6 +28,14 @@ Routes::
     GET  /api/sessions?active_within=   {"sessions": [...], "now": t}
     POST /api/sessions/{id}/kill        body {"reason": "..."} → {"session", "killed",
                                         "cancelled": [ids]}
+    GET  /activity, /activity.js        the live activity page (or the login form)
+    GET  /api/activity?since=&verdict=&rule=&principal=&session=
+                                        {"entries": [...], "last", "counters",
+                                        "sessions", "now"} (entries newest first)
+    GET  /api/evidence/{decision_id}    {"seq", "chain", "hash", "body"} (no sealed values)
+    GET  /metrics                       Prometheus text format; no login: open on the
+                                        (loopback) listener, or ``Authorization: Bearer
+                                        <metrics token>`` when one is configured
 
 Errors: ``{"error": {"code": ..., "message": ...}}`` with 400 bad_request, 401
 unauthenticated, 403 forbidden / csrf / self_approval, 404 not_found, 409 conflict,
@@ -44,7 +52,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
 
 from starlette.applications import Starlette
@@ -64,14 +72,19 @@ from ..approvals import (
 )
 from ..errors import GovernanceError
 from ..state import StateError, StateStore
-from . import console
+from . import activity_page, console
 from .auth import ControlAuth
+
+if TYPE_CHECKING:
+    from ..observe import Telemetry
 
 COOKIE = "fiveplane_console"
 MAX_BODY = 64 * 1024
 LOGIN_TTL = 12 * 3600.0
 MAX_LOGINS = 1024
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+ACTIVE_WITHIN = 3600.0           # the activity page lists sessions seen this recently
+MAX_SESSIONS = 200
 SECURITY_HEADERS = {
     "content-security-policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
                                "connect-src 'self'; img-src 'self'; form-action 'self'; "
@@ -114,18 +127,28 @@ class JSON(Response):
 
 def create_app(approvals: ApprovalStore, auth: ControlAuth, sessions: StateStore | None = None,
                *, allowed_hosts: Iterable[str] | None = None,
-               clock: Callable[[], float] = time.time, login_ttl: float = LOGIN_TTL) -> Starlette:
+               clock: Callable[[], float] = time.time, login_ttl: float = LOGIN_TTL,
+               telemetry: Telemetry | None = None, metrics_token: str | None = None,
+               evidence: Callable[[str], dict[str, Any] | None] | None = None) -> Starlette:
     """The control app. ``allowed_hosts``: host names the ``Host`` header may carry
-    (default: loopback names; ``"*"``: any)."""
+    (default: loopback names; ``"*"``: any). ``telemetry``: the activity feed and metrics
+    (``/activity``, ``/metrics``); ``metrics_token``: the bearer ``/metrics`` requires
+    (None: none); ``evidence``: finds a decision's record by id."""
     return Control(approvals, auth, sessions, allowed_hosts=allowed_hosts, clock=clock,
-                   login_ttl=login_ttl).app
+                   login_ttl=login_ttl, telemetry=telemetry, metrics_token=metrics_token,
+                   evidence=evidence).app
 
 
 class Control:
     def __init__(self, approvals: ApprovalStore, auth: ControlAuth,
                  sessions: StateStore | None, *, allowed_hosts: Iterable[str] | None,
-                 clock: Callable[[], float], login_ttl: float) -> None:
+                 clock: Callable[[], float], login_ttl: float,
+                 telemetry: Telemetry | None = None, metrics_token: str | None = None,
+                 evidence: Callable[[str], dict[str, Any] | None] | None = None) -> None:
         self.approvals = approvals
+        self.telemetry = telemetry
+        self.metrics_token = metrics_token
+        self.evidence = evidence
         self.auth = auth
         self.sessions = sessions
         self.clock = clock
@@ -148,6 +171,11 @@ class Control:
             Route("/api/approvals/{id}/deny", api(self.deny), methods=["POST"]),
             Route("/api/sessions", api(self.list_sessions), methods=["GET"]),
             Route("/api/sessions/{id}/kill", api(self.kill), methods=["POST"]),
+            Route("/activity", self.activity, methods=["GET"]),
+            Route("/activity.js", self.activity_js, methods=["GET"]),
+            Route("/api/activity", api(self.list_activity), methods=["GET"]),
+            Route("/api/evidence/{id}", api(self.get_evidence), methods=["GET"]),
+            Route("/metrics", self.metrics, methods=["GET"]),
         ]
         self.app = Starlette(routes=routes, middleware=[
             Middleware(Guard, allowed_hosts=self.allowed_hosts)])
@@ -312,6 +340,66 @@ class Control:
         return {"session": sid, "killed": killed, "cancelled": [r.id for r in cancelled],
                 "_done": "killed", "_subject": sid}
 
+    async def list_activity(self, request: Request, caller: Caller, _: dict[str, str]) -> Any:
+        if self.telemetry is None:
+            raise Fail(503, "unavailable", "no activity feed in this process")
+        q = request.query_params
+        try:
+            since = int(q.get("since") or 0)
+            limit = min(500, max(1, int(q.get("limit") or 200)))
+        except ValueError:
+            raise Fail(400, "bad_request", "since and limit must be integers") from None
+        feed = self.telemetry.activity
+        filters = {k: q.get(k, "")[:300] for k in ("verdict", "rule", "principal", "session",
+                                                   "outcome")}
+        now = self.clock()
+        sessions: list[dict[str, Any]] = []
+        if self.sessions is not None:
+            with _store_errors():
+                found = self.sessions.list_sessions(now - ACTIVE_WITHIN)[:MAX_SESSIONS]
+            sessions = [_session_dict(s, 0) for s in found]
+        last = feed.last
+        return {"entries": feed.since(since, filters, limit), "last": last,
+                "counters": feed.counters(), "sessions": sessions, "now": now}
+
+    async def get_evidence(self, request: Request, caller: Caller, _: dict[str, str]) -> Any:
+        did = request.path_params["id"]
+        if self.evidence is None:
+            raise Fail(503, "unavailable", "no evidence log in this process")
+        try:
+            found = self.evidence(did)
+        except ValueError as err:
+            raise Fail(400, "bad_request", str(err), did) from err
+        except OSError as err:
+            raise Fail(503, "unavailable", f"the evidence log cannot be read: {err}") from err
+        if found is None:
+            raise Fail(404, "not_found", f"no evidence record for decision `{did}` in this "
+                       "process's log (see `fiveplane audit show`)", did)
+        return found
+
+    async def metrics(self, request: Request) -> Response:
+        if self.telemetry is None or self.telemetry.metrics is None:
+            return JSON({"error": {"code": "not_found", "message": "metrics are off"}}, 404)
+        if self.metrics_token:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                    token.strip().encode(), self.metrics_token.encode()):
+                return JSON({"error": {"code": "unauthenticated",
+                                       "message": "`/metrics` needs the metrics token"}}, 401,
+                            headers={"www-authenticate": 'Bearer realm="fiveplane-metrics"'})
+        from ..observe.metrics import CONTENT_TYPE
+
+        return Response(self.telemetry.metrics.render(), headers={"content-type": CONTENT_TYPE})
+
+    async def activity(self, request: Request) -> Response:
+        login = self._login_of(request)
+        if login is None:
+            return HTMLResponse(console.login_page(next_path="/activity"))
+        return HTMLResponse(activity_page.activity_page(login.name, login.csrf, self.clock()))
+
+    async def activity_js(self, request: Request) -> Response:
+        return Response(activity_page.JS, media_type="text/javascript")
+
     def _session_store(self) -> StateStore:
         if self.sessions is None:
             raise Fail(503, "unavailable", "no session store is configured")
@@ -380,7 +468,8 @@ class Control:
         sid = secrets.token_urlsafe(32)
         self._logins[sid] = Login(name, secrets.token_urlsafe(32),
                                   self.clock() + self.login_ttl)
-        response = RedirectResponse("/", status_code=303)
+        where = "/activity" if fields.get("next") == "/activity" else "/"
+        response = RedirectResponse(where, status_code=303)
         response.set_cookie(COOKIE, sid, path="/", httponly=True, samesite="strict",
                             max_age=int(self.login_ttl))
         return response
@@ -406,7 +495,7 @@ class Control:
             del self._logins[next(iter(self._logins))]
 
     async def css(self, request: Request) -> Response:
-        return Response(console.CSS, media_type="text/css")
+        return Response(console.CSS + activity_page.CSS, media_type="text/css")
 
     async def js(self, request: Request) -> Response:
         return Response(console.JS, media_type="text/javascript")

@@ -59,15 +59,17 @@ def _layout(title: str, body: str, *, now: float | None = None) -> str:
             f"</head><body{stamp}>{body}</body></html>\n")
 
 
-def login_page(error: str | None = None) -> str:
+def login_page(error: str | None = None, next_path: str = "") -> str:
     message = f'<p class="error" role="alert" id="login-error">{e(error)}</p>' if error else ""
+    after = (f'<input type="hidden" name="next" value="{e(next_path)}">'
+             if next_path else "")
     return _layout("fiveplane control — sign in", f"""
 <main class="login">
   <h1>fiveplane control</h1>
   <p>Sign in with the control token (<code>--control-token</code>, or the file
   <code>control.token</code> in the proxy's state directory).</p>
   {message}
-  <form method="post" action="/login" id="login-form">
+  <form method="post" action="/login" id="login-form">{after}
     <label for="token">Control token</label>
     <input type="password" id="token" name="token" autocomplete="current-password" required
       autofocus>
@@ -87,6 +89,7 @@ def console_page(view: View) -> str:
     return _layout("fiveplane control", f"""
 <header>
   <h1>fiveplane control</h1>
+  <a href="/activity" id="nav-activity" class="nav">Activity</a>
   <span class="who">signed in as <strong id="approver">{e(view.approver)}</strong></span>
   <form method="post" action="/logout" class="inline">
     <input type="hidden" name="csrf" value="{e(view.csrf)}">
@@ -221,6 +224,7 @@ header { display: flex; gap: 1rem; align-items: center; padding: .6rem 1.2rem;
   background: var(--fg); color: #fff; }
 header h1 { font-size: 1.1rem; margin: 0; flex: 1; }
 header .quiet { background: transparent; color: #fff; border: 1px solid #fff6; }
+header a.nav { color: #fff; }
 main { max-width: 72rem; margin: 0 auto; padding: 1rem 1.2rem 3rem; }
 main.login { max-width: 28rem; margin-top: 10vh; background: var(--card);
   border: 1px solid var(--line); border-radius: 8px; padding: 1.5rem 2rem; }
