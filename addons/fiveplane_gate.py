@@ -125,9 +125,12 @@ class FiveplaneGate:
         if self.gateway is not None:
             self.gateway.close()
         try:
+            spec = ctx.options.fiveplane_state.strip()
+            # approvals live beside shared state (every replica sees a decision); memory
+            # state keeps them in memory; otherwise a file in the state directory
             approvals = open_approvals(
-                "memory:" if ctx.options.fiveplane_state == "memory:"
-                else state / "approvals.sqlite")
+                spec if spec.startswith(("memory:", "redis://", "rediss://", "unix://"))
+                else state / "approvals.sqlite", state=store)
             self.gateway = Gateway(policy, audit, instance=instance, policy_path=path,
                                    store=store, policies=policies, approvals=approvals)
         except (AuditError, StateError) as e:
