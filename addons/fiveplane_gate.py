@@ -80,6 +80,9 @@ class FiveplaneGate:
         loader.add_option("fiveplane_instance", str, "", "Instance name in evidence records.")
         loader.add_option("fiveplane_state", str, "",
                           "Session state store (default: sqlite in the state directory).")
+        loader.add_option("fiveplane_shared_state", bool, False,
+                          "Other processes use the same SQLite state file (fiveplane run "
+                          "--workers): cached reads first check for their writes.")
         loader.add_option("fiveplane_reload_interval", float, 1.0,
                           "Seconds between policy file checks (0 disables hot reload).")
         loader.add_option("fiveplane_control", str, "127.0.0.1:8081",
@@ -119,7 +122,8 @@ class FiveplaneGate:
         except AuditError as e:
             raise exceptions.OptionsError(str(e)) from e
         try:
-            store = open_store(ctx.options.fiveplane_state or state / "state.sqlite")
+            store = open_store(ctx.options.fiveplane_state or state / "state.sqlite",
+                               shared=ctx.options.fiveplane_shared_state)
         except StateError as e:
             raise exceptions.OptionsError(str(e)) from e
         if self.gateway is not None:
