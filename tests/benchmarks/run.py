@@ -5,7 +5,7 @@
         [--markdown FILE | --write-docs] [--setup-peers] [--no-contextforge]
         [--[no-]profile]
 
-NAME: adjudication, cedar, agt, proxy, scaling (repeat ``--only`` to pick several).
+NAME: adjudication, cedar, agt, proxy, scaling, workers (repeat ``--only`` to pick several).
 Prints the machine, the command line and every table (markdown) on stdout, progress on
 stderr; ``--markdown FILE`` writes the same report to FILE; ``--write-docs`` writes it to
 ``docs/benchmarks.md`` with the latency plot ``docs/benchmarks-latency.png`` (matplotlib).
@@ -36,7 +36,7 @@ ensure_paths()
 
 import peers  # noqa: E402
 
-BENCHMARKS = ("adjudication", "cedar", "agt", "proxy", "scaling")
+BENCHMARKS = ("adjudication", "cedar", "agt", "proxy", "scaling", "workers")
 DOCS_MD = REPO_ROOT / "docs" / "benchmarks.md"
 DOCS_PNG = REPO_ROOT / "docs" / "benchmarks-latency.png"
 
@@ -260,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
                           if s.title.startswith("Adjudication")), None)
             return sc.run(args.quick, log=log, rules_p50=rules)
         step("scaling", scaling)
+
+        def workers() -> Section:
+            import workers_bench
+            return workers_bench.run(args.quick, log=log)
+        step("workers", workers)
     except KeyboardInterrupt:
         log("interrupted; child processes were stopped")
         return 130

@@ -24,7 +24,7 @@ async def _call(client: httpx.AsyncClient, server_url: str, tool: str, args: dic
     try:
         resp = await client.post(server_url, json=body, headers=headers)
         msgs = parse_jsonrpc(resp)
-        if len(msgs) != 1:
+        if len(msgs) != 1 or "jsonrpc" not in msgs[0]:
             return {"_status": resp.status_code, "_raw": resp.text[:500]}
         return msgs[0]
     except httpx.HTTPError as e:
@@ -63,8 +63,12 @@ def denied_by(replies: Sequence[dict[str, Any]]) -> dict[str, int]:
     """How many replies were JSON-RPC errors, by the first rule id (or the message)."""
     out: dict[str, int] = {}
     for r in replies:
-        if "error" in r:
+        if isinstance(r.get("error"), dict):
             data = r["error"].get("data") or {}
             key = (data.get("rule_ids") or [r["error"].get("message", "?")])[0]
-            out[key] = out.get(key, 0) + 1
+        elif "_status" in r or "_transport_error" in r:
+            key = "not a JSON-RPC reply"
+        else:
+            continue
+        out[key] = out.get(key, 0) + 1
     return out
