@@ -21,7 +21,14 @@ from typing import Any
 
 import httpx
 import pytest
-from clients import assert_reconstructable, read_evidence
+from clients import (
+    assert_reconstructable,
+    http_client,
+    modern_request,
+    parse_jsonrpc,
+    post_jsonrpc,
+    read_evidence,
+)
 from load import concurrent_calls, denied_by, passed
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "proxy" / "state"))
@@ -177,6 +184,11 @@ def test_redis_killed_during_load_denies_clearly_and_recovers(replicas, redis) -
     assert set(denied_by(outage)) == {"state.unavailable"}, denied_by(outage)
     reasons = {r["error"]["message"] for r in outage}
     assert all("unavailable" in m for m in reasons), reasons
+    # a tool list cannot be checked against the pins either: withheld, with the reason
+    body, headers = modern_request("tools/list", {}, id=9)
+    with http_client(urls[1], None) as c:
+        (listed,) = parse_jsonrpc(post_jsonrpc(c, server.url, body, headers=headers))
+    assert listed["error"]["data"]["rule_ids"] == ["state.unavailable"], listed
     redis.start()                                          # same port, data from the AOF
     stop.set()
     worker.join(60)

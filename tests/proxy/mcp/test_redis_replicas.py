@@ -6,6 +6,7 @@ is refused to another principal on the other; offers from both replicas meet."""
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -120,3 +121,24 @@ def test_redis_down_raises_state_error(replicas: list[RedisStore], redis_server:
     for fail in failures:
         with pytest.raises(StateError, match="unavailable"):
             fail()
+
+
+def test_a_tool_list_that_cannot_be_checked_is_withheld(replicas: list[RedisStore],
+                                                         redis_server: RedisServer,
+                                                         clean_tools: list[dict]) -> None:
+    from proxy.evidence import MemorySink
+    from proxy.gateway import Gateway
+    from proxy.testing import mcp_call, policy
+
+    gw = Gateway(policy('version: 1\nname: t\nmcp_servers: {crm: {url: "https://crm.example.'
+                        'com/mcp"}}\nrules:\n  - {id: r, match: {server: crm}, effect: allow}\n'),
+                 MemorySink(), store=replicas[0])
+    listed = {"jsonrpc": "2.0", "id": 1, "result": {"tools": clean_tools}}
+    ok = json.loads(gw.governor(mcp_call("", method="tools/list")).json_body(
+        json.dumps(listed).encode()))
+    assert [t["name"] for t in ok["result"]["tools"]] == [t["name"] for t in clean_tools]
+    redis_server.kill()
+    cut = json.loads(gw.governor(mcp_call("", method="tools/list")).json_body(
+        json.dumps(listed).encode()))
+    assert cut["error"]["data"]["rule_ids"] == ["state.unavailable"], cut
+    assert "could not be read" in cut["error"]["message"]
