@@ -10,10 +10,12 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from clients import assert_reconstructable, read_evidence
 from commands import fiveplane_argv
@@ -33,7 +35,12 @@ budgets:
      per: global}}
 rules:
   - {{id: crm-calls, match: {{server: crm, tool: [echo, refund]}}, effect: allow}}
+  - id: refund-large
+    match: {{server: crm, tool: refund, args: {{amount: {{gt: 100}}}}}}
+    effect: escalate
+    reason: refunds over 100 need finance
 """
+TOKEN = "e2e-control-token-workers-0123456789"
 
 
 def worker_pids(output: str) -> list[int]:
@@ -69,7 +76,8 @@ def env(tmp_path: Path, mcp_server, proxy_process) -> dict[str, Any]:
     policy.write_text(POLICY.format(port=server.port, url=server.url))
     state = tmp_path / "state"
     proxy = proxy_process.start_fiveplane(
-        policy, state_dir=state, extra=["--workers", "2", "--control", "127.0.0.1:0"])
+        policy, state_dir=state,
+        extra=["--workers", "2", "--control", "127.0.0.1:0", "--control-token", TOKEN])
     return {"server": server, "proxy": proxy, "state": state, "policy": policy}
 
 
@@ -108,6 +116,39 @@ def test_budget_is_exact_across_workers_sharing_the_sqlite_state(env: dict[str, 
     assert passed(replies) == 100, denied_by(replies)
     assert denied_by(replies) == {"refund-budget": 100}
     assert len([c for c in server.calls() if c["tool"] == "refund"]) == 100
+
+
+def test_worker_0s_console_releases_calls_held_on_any_worker(env: dict[str, Any]) -> None:
+    proxy, server = env["proxy"], env["server"]
+    console = re.search(r"console\s+(http://127\.0\.0\.1:\d+)", proxy.output())
+    assert console, proxy.output()
+    out: dict[str, Any] = {}
+
+    def held() -> None:   # 6 connections: both workers hold some (all on one: p = 1/32)
+        out["replies"] = concurrent_calls([proxy.url], None, server.url, "refund",
+                                          [{"customer_id": f"c-{i}", "amount": 101 + i}
+                                           for i in range(6)])
+        out["done"] = time.monotonic()
+
+    thread = threading.Thread(target=held)
+    thread.start()
+    with httpx.Client(base_url=console.group(1), trust_env=False, timeout=10,
+                      headers={"Authorization": f"Bearer {TOKEN}"}) as api:
+        deadline = time.monotonic() + 30
+        pending: list[dict[str, Any]] = []
+        while len(pending) < 6 and time.monotonic() < deadline:
+            pending = api.get("/api/approvals", params={"status": "pending"}).json()[
+                "approvals"]
+            time.sleep(0.1)
+        assert len(pending) == 6, pending
+        sent = time.monotonic()
+        for request in pending:
+            assert api.post(f"/api/approvals/{request['id']}/approve").status_code == 200
+    thread.join(30)
+    assert passed(out["replies"]) == 6, out["replies"]
+    # another worker's held call learns of the decision by its store's poll (SQLite: 1 s)
+    assert out["done"] - sent < 3.0
+    assert sorted(c["arguments"]["amount"] for c in server.calls()) == list(range(101, 107))
 
 
 def test_a_dead_worker_stops_the_supervisor_and_the_others(env: dict[str, Any]) -> None:
