@@ -158,9 +158,9 @@ class Supervisor:
         return None
 
     def run(self) -> int:
-        previous = {s: signal.signal(s, self._signal) for s in (signal.SIGTERM, signal.SIGINT)}
         reserved = reserve(self.host, self.port)
         self.port = reserved.getsockname()[1]
+        previous = {s: signal.signal(s, self._signal) for s in (signal.SIGTERM, signal.SIGINT)}
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])   # `proxy` and `addons` live here
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"]
