@@ -94,6 +94,9 @@ class FiveplaneGate:
         loader.add_option("fiveplane_instance", str, "", "Instance name in evidence records.")
         loader.add_option("fiveplane_state", str, "",
                           "Session state store (default: sqlite in the state directory).")
+        loader.add_option("fiveplane_shared_state", bool, False,
+                          "Other processes use the same SQLite state file (fiveplane run "
+                          "--workers): cached reads first check for their writes.")
         loader.add_option("fiveplane_reload_interval", float, 1.0,
                           "Seconds between policy file checks (0 disables hot reload).")
         loader.add_option("fiveplane_control", str, "127.0.0.1:8081",
@@ -168,15 +171,19 @@ class FiveplaneGate:
             log.warning("audit durability is batch: records are fsynced within %s s, after "
                         "they are acted on", interval)
         try:
-            store = open_store(ctx.options.fiveplane_state or state / "state.sqlite")
+            store = open_store(ctx.options.fiveplane_state or state / "state.sqlite",
+                               shared=ctx.options.fiveplane_shared_state)
         except StateError as e:
             raise exceptions.OptionsError(str(e)) from e
         if self.gateway is not None:
             self.gateway.close()
         try:
+            spec = ctx.options.fiveplane_state.strip()
+            # approvals live beside shared state (every replica sees a decision); memory
+            # state keeps them in memory; otherwise a file in the state directory
             approvals = open_approvals(
-                "memory:" if ctx.options.fiveplane_state == "memory:"
-                else state / "approvals.sqlite")
+                spec if spec.startswith(("memory:", "redis://", "rediss://", "unix://"))
+                else state / "approvals.sqlite", state=store)
             self.gateway = Gateway(policy, audit, instance=instance, policy_path=path,
                                    store=store, policies=policies, approvals=approvals,
                                    observers=telemetry.observers())

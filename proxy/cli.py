@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 from importlib import resources
 from pathlib import Path
@@ -52,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--state-dir", default=".fiveplane", help="evidence and state directory")
     run.add_argument("--state", default="",
                      help="session state store: a SQLite path (default STATE_DIR/state.sqlite)"
-                          " or memory:")
+                          ", memory: or redis://HOST:PORT/DB (shared by several proxies)")
     run.add_argument("--upstream-ca", default=None,
                      help="extra CA bundle trusted for upstream TLS (e.g. a private CA)")
     run.add_argument("--instance", default="", help="instance name in evidence records")
@@ -86,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="bearer token /metrics requires (default: none, loopback only)")
     run.add_argument("--otel", action="store_true",
                      help="export an OpenTelemetry span per decision (needs the otel extra)")
+    run.add_argument("--workers", type=int, default=1,
+                     help="proxy processes sharing the listening port (SO_REUSEPORT) and the "
+                          "state (SQLite in STATE_DIR or --state redis://); default 1")
+    run.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--shared-state", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("--test-faults", action="store_true", help=argparse.SUPPRESS)
     run.add_argument("-v", "--verbose", action="store_true")
 
@@ -106,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command == "check":
         return cmd_check(args.policies, args.format)
     if args.command == "ca":
@@ -180,6 +188,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .observe.logs import configure_logging
 
     configure_logging("debug" if args.verbose else args.log_level, args.log_format)
+    if args.workers != 1:
+        return _supervise(args, compiled.version)
     try:
         return asyncio.run(_serve(args, policy, compiled.version))
     except (GovernanceError, OSError) as e:
@@ -187,6 +197,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return EXIT_OK
+
+
+def _supervise(args: argparse.Namespace, version: str) -> int:
+    from .workers import Supervisor, WorkersError, check
+
+    try:
+        check(args.workers, args.state, args.record)
+        certs = Path(args.certs)
+        ensure_ca(certs)      # once, before the workers race to create it
+        host, port = args.listen
+        return Supervisor(args.argv, args.workers, host=host, port=port,
+                          instance=args.instance, control=args.control,
+                          version=__version__, state_dir=args.state_dir,
+                          ca=str(certs.resolve() / CA_FILE)).run()
+    except WorkersError as e:
+        print(f"fiveplane: {e}", file=sys.stderr)
+        return EXIT_INVALID
 
 
 async def _serve(args: argparse.Namespace, policy: str, version: str) -> int:
@@ -199,6 +226,10 @@ async def _serve(args: argparse.Namespace, policy: str, version: str) -> int:
     host, port = args.listen
     certs = Path(args.certs)
     certs.mkdir(parents=True, exist_ok=True)
+    if args.reuse_port:
+        from addons import reuseport
+
+        reuseport.enable()
     opts = Options(listen_host=host, listen_port=port, mode=["regular"], confdir=str(certs))
     master = DumpMaster(opts, with_termlog=False, with_dumper=False)
     gate = FiveplaneGate()
@@ -215,6 +246,7 @@ async def _serve(args: argparse.Namespace, policy: str, version: str) -> int:
         "fiveplane_state_dir": args.state_dir,
         "fiveplane_instance": args.instance,
         "fiveplane_state": args.state,
+        "fiveplane_shared_state": args.shared_state,
         "fiveplane_control": args.control,
         "fiveplane_control_token": args.control_token,
         "fiveplane_reload_interval": args.reload_interval,
@@ -236,6 +268,12 @@ async def _serve(args: argparse.Namespace, policy: str, version: str) -> int:
     except exceptions.OptionsError as e:
         print(f"fiveplane: {e}", file=sys.stderr)
         return EXIT_INVALID
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # a clean stop (``done`` hooks close the evidence chain): ``--workers`` forwards
+        # these, and a container's PID 1 ignores SIGTERM without a handler
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, master.shutdown)
     task = asyncio.create_task(master.run())
     proxyserver = master.addons.get("proxyserver")
     for _ in range(200):

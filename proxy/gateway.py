@@ -714,9 +714,15 @@ class Gateway:
 
     def _mcp_hold(self, action: Action, session_id: str | None) -> tuple[str, Decision] | None:
         server = server_identity(action)
-        hold = self.mcp.session_hold(server, session_id, principal_digest(action.principal))
-        if hold is None and action.mcp_method == "tools/call":
-            hold = self.mcp.call_hold(server, action.name, scope=shadow_scope(action))
+        try:
+            hold = self.mcp.session_hold(server, session_id,
+                                         principal_digest(action.principal))
+            if hold is None and action.mcp_method == "tools/call":
+                hold = self.mcp.call_hold(server, action.name, scope=shadow_scope(action))
+        except StateError as e:  # pins, bindings, offers unreadable (Redis down): deny
+            return self.refuse(action, "state.unavailable",
+                               "MCP guard state (tool pins, session bindings) could not be "
+                               f"read, so the call is denied: {e}")
         if hold is None:
             return None
         return self.hold(action, hold)

@@ -24,9 +24,10 @@ from .action import NAMED_METHODS, Action, Kind, StopPoint
 from .codec import BodyError, SseParser, loads_strict, sse_encode
 from .decision import Decision
 from .dlp import redact_json
-from .mcp.base import server_identity
+from .mcp.base import Hold, server_identity
 from .mcp.shadow import shadow_scope
 from .replies import jsonrpc_error, sse_error_event
+from .state.errors import StateError
 
 _DROP: Any = object()  # a denied server notification: withhold this one event
 
@@ -229,9 +230,17 @@ class ResponseGovernor:
 
     def _filter_tools(self, msg: dict[str, Any], result: dict[str, Any]) -> dict[str, Any]:
         guard = self._judge.mcp
-        report = guard.tools_listed(
-            server_identity(self.request), result["tools"], scope=shadow_scope(self.request),
-            complete="nextCursor" not in result and not self.request.extra.get("cursor"))
+        try:
+            report = guard.tools_listed(
+                server_identity(self.request), result["tools"],
+                scope=shadow_scope(self.request),
+                complete="nextCursor" not in result and not self.request.extra.get("cursor"))
+        except StateError as e:  # pins unreadable (Redis down): the list is refused
+            response = replace(self.request, kind=Kind.RESPONSE, stop=StopPoint.RESPONSE_BODY)
+            self.cut = self._judge.hold(response, Hold(
+                "state.unavailable", "MCP guard state (tool pins) could not be read, so the "
+                f"tool list is withheld: {e}"))
+            return msg
         for note in report.notes:
             self._judge.note(self.request, note)
         if report.refuse is not None:

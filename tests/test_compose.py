@@ -1,6 +1,7 @@
-"""docker-compose.yml, the Dockerfile and policies/examples/compose.yaml agree with each other and
-with the command lines the e2e tests run (tests/e2e/commands.py). No Docker engine needed; when
-a compose client is installed, ``config -q`` validates the file as well."""
+"""docker-compose.yml, the Dockerfile, deploy/haproxy.cfg and policies/examples/compose.yaml agree
+with each other and with the command lines the e2e tests run (tests/e2e/commands.py): two proxy
+replicas behind one load-balanced address, sharing Redis. No Docker engine needed; when a
+compose client is installed, ``config -q`` validates the file as well."""
 
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ from commands import (  # noqa: E402
     fiveplane_argv,
     http_upstream_argv,
     mcp_server_argv,
+    redis_server_argv,
+    replica_extra,
 )
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -36,8 +39,12 @@ DOCKERFILE = ROOT / "Dockerfile"
 APP = PurePosixPath("/app")  # WORKDIR of the image: the repository root
 PYTHONS = ("python", "python3", "/usr/local/bin/python", "/usr/local/bin/python3")
 
-SERVICES = {"proxy", "mcp-server", "http-upstream", "agent"}
-PROXY_PORT, MCP_PORT, UPSTREAM_PORT = 8080, 8000, 8081
+REPLICAS = ("proxy-a", "proxy-b")
+FIVEPLANE_SERVICES = {*REPLICAS, "mcp-server", "http-upstream", "agent"}   # the project image
+SERVICES = {"proxy", "redis", *FIVEPLANE_SERVICES}
+PROXY_PORT, MCP_PORT, UPSTREAM_PORT, REDIS_PORT = 8080, 8000, 8081, 6379
+REDIS_URL = f"redis://redis:{REDIS_PORT}/0"
+HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
 POLICY_IN_CONTAINER = APP / "policies" / "examples" / "compose.yaml"
 CERTS_IN_CONTAINER = APP / "certs"
 
@@ -124,15 +131,15 @@ def healthcheck_port(service: dict[str, Any]) -> int | None:
     test = service.get("healthcheck", {}).get("test")
     text = " ".join(test) if isinstance(test, list) else str(test or "")
     for port in (PROXY_PORT, MCP_PORT, UPSTREAM_PORT):
-        if f", {port})" in text or f":{port}" in text:
+        if f", {port})" in text or f":{port}" in text or str(port) in text.split():
             return port
     return None
 
 
 @pytest.fixture(scope="module")
 def policy_doc(services: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    path = repo_path(services["proxy"], PurePosixPath(flag(command(services["proxy"]),
-                                                           "--policy")))
+    path = repo_path(services["proxy-a"], PurePosixPath(flag(command(services["proxy-a"]),
+                                                             "--policy")))
     return yaml.safe_load(path.read_text())
 
 
@@ -146,17 +153,21 @@ def test_services_exist(services):
 
 
 def test_networks(compose, services):
-    assert networks_of(services["agent"]) == {"agents"}  # the agent reaches the proxy only
-    assert networks_of(services["proxy"]) == {"agents", "egress"}
+    assert networks_of(services["agent"]) == {"agents"}  # the agent reaches the proxies only
+    assert networks_of(services["proxy"]) == {"agents"}  # the load balancer: no way out
+    for name in REPLICAS:
+        assert networks_of(services[name]) == {"agents", "egress", "state"}, name
     assert networks_of(services["mcp-server"]) == {"egress"}
     assert networks_of(services["http-upstream"]) == {"egress"}
+    assert networks_of(services["redis"]) == {"state"}   # only the replicas reach Redis
     nets = compose["networks"]
-    assert set(nets) == {"agents", "egress"}
+    assert set(nets) == {"agents", "egress", "state"}
     assert nets["agents"]["internal"] is True
+    assert nets["state"]["internal"] is True
     assert not nets["egress"].get("internal", False)
-    agents, egress = subnet(compose, "agents"), subnet(compose, "egress")
-    assert agents.is_private and egress.is_private
-    assert not agents.overlaps(egress)
+    subnets = [subnet(compose, n) for n in ("agents", "egress", "state")]
+    assert all(n.is_private for n in subnets)
+    assert not any(a.overlaps(b) for i, a in enumerate(subnets) for b in subnets[i + 1:])
 
 
 def test_nothing_published_and_no_privileges(services):
@@ -171,17 +182,81 @@ def test_nothing_published_and_no_privileges(services):
 # --------------------------------------------------------------------------------------------
 
 
-def test_proxy_command_is_fiveplane_argv(services):
-    argv = command(services["proxy"])
+@pytest.mark.parametrize("name", REPLICAS)
+def test_replica_command_is_fiveplane_argv(services, name):
+    argv = command(services[name])
     state = flag(argv, "--state-dir")
     assert argv == fiveplane_argv(
         POLICY_IN_CONTAINER, f"0.0.0.0:{PROXY_PORT}", CERTS_IN_CONTAINER, state,
-        python=python_of(argv),
+        python=python_of(argv), extra=replica_extra(REDIS_URL, name),
     )
-    # certs and state live in named volumes
-    targets = {target: source for source, target, _ in mounts(services["proxy"])}
+    # certs and state live in named volumes, shared by the replicas (one CA; every chain
+    # side by side in one audit directory, each named after its --instance)
+    targets = {target: source for source, target, _ in mounts(services[name])}
     assert targets[str(CERTS_IN_CONTAINER)] == "fiveplane-certs"
     assert targets[state] == "fiveplane-state"
+    assert services[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+
+
+def test_replicas_differ_only_in_their_instance(services):
+    a, b = (command(services[n]) for n in REPLICAS)
+    assert [x for x in a if x != "proxy-a"] == [x for x in b if x != "proxy-b"]
+    assert mounts(services["proxy-a"]) == mounts(services["proxy-b"])
+    # proxy-a creates the CA in the shared volume; proxy-b starts after it
+    assert services["proxy-b"]["depends_on"]["proxy-a"]["condition"] == "service_healthy"
+
+
+def test_redis_command_is_e2e_argv_and_durable(services, compose):
+    redis = services["redis"]
+    argv = command(redis)
+    assert argv == redis_server_argv(REDIS_PORT, host="0.0.0.0", aof=True)
+    # every acknowledged budget charge or approval is on disk before Redis answers
+    assert flag(argv, "--appendonly") == "yes" and flag(argv, "--appendfsync") == "always"
+    assert flag(argv, "--maxmemory-policy") == "noeviction"
+    (data,) = [(s, t) for s, t, _ in mounts(redis) if t == "/data"]
+    assert data[0] in compose["volumes"]
+    assert redis["image"].startswith("redis:") and not redis["image"].endswith(":latest")
+    test = redis["healthcheck"]["test"]
+    assert test[:2] == ["CMD", "redis-cli"] and str(REDIS_PORT) in test and "ping" in test
+
+
+def haproxy_config() -> dict[str, list[list[str]]]:
+    """deploy/haproxy.cfg as {section header: [directive words, ...]}."""
+    sections: dict[str, list[list[str]]] = {}
+    current = None
+    for raw in HAPROXY_CFG.read_text().splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        words = line.split()
+        if not raw[0].isspace():
+            current = " ".join(words)
+            sections[current] = []
+        else:
+            assert current is not None, raw
+            sections[current].append(words)
+    return sections
+
+
+def test_the_one_address_balances_the_replicas(services):
+    lb = services["proxy"]
+    assert lb["image"].startswith("haproxy:") and not lb["image"].endswith(":latest")
+    (cfg,) = [(s, t, ro) for s, t, ro in mounts(lb) if t.endswith("/haproxy.cfg")]
+    assert (ROOT / cfg[0]).resolve() == HAPROXY_CFG and cfg[2]
+    conf = haproxy_config()
+    assert ["mode", "tcp"] in conf["defaults"]   # CONNECT tunnels pass unchanged
+    assert ["bind", f":{PROXY_PORT}"] in conf["frontend proxy"]
+    backend = conf["backend replicas"]
+    servers = [w for w in backend if w[0] == "server"]
+    assert [(w[1], w[2]) for w in servers] == [(n, f"{n}:{PROXY_PORT}") for n in REPLICAS]
+    assert any(w[0] == "default-server" and "check" in w for w in backend)
+    # a held call keeps its connection silent until a person decides: the timeouts outlast
+    # the approval timeout (the policy's, default 300 s)
+    timeouts = {w[1]: w[2] for w in conf["defaults"] if w[0] == "timeout"}
+    for side in ("client", "server"):
+        assert int(timeouts[side].rstrip("s")) > 300, timeouts
+    for name in REPLICAS:
+        assert lb["depends_on"][name]["condition"] == "service_healthy"
 
 
 def test_mcp_server_command_is_e2e_argv(services):
@@ -275,6 +350,7 @@ def test_agent_uses_the_proxy_and_its_ca(compose, services):
         env = dict(item.split("=", 1) for item in env)
     assert env["HTTP_PROXY"] == env["HTTPS_PROXY"] == f"http://proxy:{PROXY_PORT}"
     assert "NO_PROXY" not in env and "no_proxy" not in env
+    proxy = services["proxy-a"]               # the replicas behind `proxy` make the CA
     listen = flag(command(proxy), "--listen")
     assert listen == f"0.0.0.0:{PROXY_PORT}"
 
@@ -293,17 +369,22 @@ def test_agent_uses_the_proxy_and_its_ca(compose, services):
 
 
 def test_healthchecks_use_the_service_ports(services):
-    assert healthcheck_port(services["proxy"]) == PROXY_PORT
+    for name in ("proxy", *REPLICAS):
+        assert healthcheck_port(services[name]) == PROXY_PORT, name
     assert healthcheck_port(services["mcp-server"]) == MCP_PORT
     assert healthcheck_port(services["http-upstream"]) == UPSTREAM_PORT
     for name in ("mcp-server", "http-upstream"):
-        assert services["proxy"]["depends_on"][name]["condition"] == "service_healthy"
+        assert services["proxy-a"]["depends_on"][name]["condition"] == "service_healthy"
 
 
 def test_all_services_share_one_image(services):
-    images = {s.get("image") for s in services.values()}
+    # every service but the two well-kept third-party ones (load balancer, Redis)
+    images = {s.get("image") for n, s in services.items() if n in FIVEPLANE_SERVICES}
     assert len(images) == 1
-    for service in services.values():
+    for name, service in services.items():
+        if name not in FIVEPLANE_SERVICES:
+            assert "build" not in service, name
+            continue
         build = service.get("build")
         context = build if isinstance(build, str) else (build or {}).get("context", ".")
         assert (ROOT / context).resolve() == ROOT

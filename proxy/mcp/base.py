@@ -7,6 +7,7 @@ Importable without mitmproxy.
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Mapping
@@ -129,3 +130,17 @@ class AdapterCache:
                 found = make()
                 self._by_store[store] = found
             return found  # type: ignore[no-any-return]
+
+
+_REDIS = AdapterCache()
+
+
+def redis_state(store: object) -> Any:
+    """The pins/bindings/offers adapter over a ``RedisStore`` (``None`` for other stores;
+    the ``redis`` package is only imported when such a store exists)."""
+    module = sys.modules.get("proxy.state.redis_store")
+    if module is None or not isinstance(store, module.RedisStore):
+        return None
+    from .redis_state import RedisMcpState
+
+    return _REDIS.get(store, lambda: RedisMcpState(store))

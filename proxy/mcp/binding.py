@@ -8,7 +8,8 @@ request that created it (token digest, or ``"anonymous"``) and refuses it from a
 
 Bindings live in the state store, keyed by a digest of (server identity, session id): the
 raw id, a secret, is never stored. ``binding_get / binding_put / binding_purge``
-(``binding_store(store)`` adapts a ``MemoryStore`` or ``SqliteStore``).
+(``binding_store(store)`` adapts a ``MemoryStore``, ``SqliteStore`` or
+``RedisStore``).
 
 An id never seen bound (created before the proxy started with a memory store, or bound in
 a purged row) is bound to the first principal presenting it (trust on first use), unless
@@ -27,7 +28,7 @@ from ..state.errors import StateError
 from ..state.session import ANONYMOUS_DIGEST
 from ..state.sqlite_db import SqliteDb
 from ..state.store import check_principal, check_time
-from .base import AdapterCache, Hold, check_open, check_server, short_hash, sqlite_db
+from .base import AdapterCache, Hold, check_open, check_server, redis_state, short_hash, sqlite_db
 
 HIJACK_RULE = "mcp.session_hijack"
 MAX_SESSION_ID_CHARS = 1024
@@ -118,6 +119,9 @@ _ADAPTERS = AdapterCache()
 def binding_store(store: Any) -> BindingStore:
     if isinstance(store, BindingStore):
         return store
+    shared = redis_state(store)
+    if shared is not None:
+        return shared  # type: ignore[no-any-return]
     db = sqlite_db(store)
     if db is not None:
         return _ADAPTERS.get(store, lambda: SqliteBindings(db))

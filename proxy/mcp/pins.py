@@ -29,8 +29,8 @@ complete list has been pinned, an added tool is a change too.
 
 Storage: in the state store, keyed by the stable server identity (``server_identity``):
 ``pin_get / pin_put / pin_pending / pin_approve / pin_relist / pin_list / pin_delete``
-(``PinStore``; ``pin_store(store)`` adapts a ``MemoryStore`` or ``SqliteStore`` until those
-methods are part of ``StateStore``).
+(``PinStore``; ``pin_store(store)`` adapts a ``MemoryStore``, ``SqliteStore`` or
+``RedisStore`` (``redis_state.py``) until those methods are part of ``StateStore``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from typing import Any, Protocol, runtime_checkable
 from ..decision import Verdict
 from ..state.errors import StateError
 from ..state.sqlite_db import SqliteDb
-from .base import AdapterCache, Hold, check_open, check_server, sqlite_db
+from .base import AdapterCache, Hold, check_open, check_server, redis_state, sqlite_db
 
 PIN_RULE = "mcp.pin_changed"
 RELIST_RULE = "mcp.pin_relist"
@@ -656,6 +656,9 @@ def pin_store(store: Any) -> PinStore:
     adapter (one per store) over a ``SqliteStore``'s database or beside a ``MemoryStore``."""
     if isinstance(store, PinStore):
         return store
+    shared = redis_state(store)
+    if shared is not None:
+        return shared  # type: ignore[no-any-return]
     db = sqlite_db(store)
     if db is not None:
         return _ADAPTERS.get(store, lambda: SqlitePins(db))

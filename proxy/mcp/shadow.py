@@ -11,8 +11,9 @@ and a policy may deny calls to shadowed names (``mcp.shadowing: deny``).
 The scope should span every connection of one agent: the principal session
 (``principal_session(digest)``, see ``shadow_scope``), since each MCP connection has its own
 ``Mcp-Session-Id``. Offers live in the state store (``shadow_offer / shadow_servers /
-shadow_names / shadow_purge``; ``shadow_store(store)`` adapts a ``MemoryStore`` or a
-``SqliteStore``), so stdio wrappers and the proxy, in separate processes, see each other.
+shadow_names / shadow_purge``; ``shadow_store(store)`` adapts a ``MemoryStore``, a
+``SqliteStore`` or a ``RedisStore``), so stdio wrappers and the proxy, in separate
+processes, see each other.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from ..state.errors import StateError
 from ..state.session import principal_session
 from ..state.sqlite_db import SqliteDb
 from ..state.store import check_session, check_time
-from .base import AdapterCache, Hold, check_open, check_server, sqlite_db
+from .base import AdapterCache, Hold, check_open, check_server, redis_state, sqlite_db
 
 SHADOW_RULE = "mcp.shadowing"
 MAX_NAMES_PER_SCOPE = 100_000
@@ -204,6 +205,9 @@ _ADAPTERS = AdapterCache()
 def shadow_store(store: Any) -> ShadowStore:
     if isinstance(store, ShadowStore):
         return store
+    shared = redis_state(store)
+    if shared is not None:
+        return shared  # type: ignore[no-any-return]
     db = sqlite_db(store)
     if db is not None:
         return _ADAPTERS.get(store, lambda: SqliteShadows(db))

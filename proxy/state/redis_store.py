@@ -610,6 +610,17 @@ class RedisStore:
 
     # --- plumbing -------------------------------------------------------------------------
 
+    @property
+    def client(self) -> redis.Redis:
+        """The connection pool, for features that keep their own keys beside the state
+        (approvals, MCP pins): same URL, timeouts and no-retry policy. Wrap every use in
+        ``run`` so failures become ``StateError``."""
+        return self._r
+
+    def run(self, op: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """``fn(*args, **kw)`` with Redis failures turned into ``StateError`` naming ``op``."""
+        return self._run(op, fn, *args, **kw)
+
     def _check_open(self) -> None:
         if self._closed:
             raise StateError(f"state store {self.name} is closed")

@@ -5,8 +5,8 @@
         [--markdown FILE | --write-docs] [--setup-peers] [--no-contextforge]
         [--[no-]profile]
 
-NAME: adjudication, cedar, agt, proxy, scaling, audit, held, observe (repeat ``--only``
-to pick several).
+NAME: adjudication, cedar, agt, proxy, scaling, audit, held, observe, workers (repeat
+``--only`` to pick several).
 Prints the machine, the command line and every table (markdown) on stdout, progress on
 stderr; ``--markdown FILE`` writes the same report to FILE; ``--write-docs`` writes it to
 ``docs/benchmarks.md`` with the latency plot ``docs/benchmarks-latency.png`` (matplotlib).
@@ -37,7 +37,8 @@ ensure_paths()
 
 import peers  # noqa: E402
 
-BENCHMARKS = ("adjudication", "cedar", "agt", "proxy", "scaling", "audit", "held", "observe")
+BENCHMARKS = ("adjudication", "cedar", "agt", "proxy", "scaling", "audit", "held", "observe",
+              "workers")
 DOCS_MD = REPO_ROOT / "docs" / "benchmarks.md"
 DOCS_PNG = REPO_ROOT / "docs" / "benchmarks-latency.png"
 
@@ -274,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
             import observe_bench
             return observe_bench.run(args.quick, log=log)
         step("observe", observe)
+        def workers() -> Section:
+            import workers_bench
+            return workers_bench.run(args.quick, log=log)
+        step("workers", workers)
     except KeyboardInterrupt:
         log("interrupted; child processes were stopped")
         return 130

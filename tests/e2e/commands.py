@@ -24,6 +24,8 @@ __all__ = [
     "fiveplane_argv",
     "http_upstream_argv",
     "mcp_server_argv",
+    "redis_server_argv",
+    "replica_extra",
 ]
 
 
@@ -99,3 +101,29 @@ def fiveplane_argv(
     if upstream_ca is not None:
         argv += ["--upstream-ca", str(upstream_ca)]
     return argv + [str(a) for a in extra]
+
+
+def redis_server_argv(
+    port: int | str,
+    *,
+    host: str,
+    aof: bool = True,
+    extra: Sequence[str] = (),
+    binary: str = "redis-server",
+) -> list[str]:
+    """``redis-server --port P --bind H --protected-mode no --save "" --appendonly yes
+    --appendfsync always --maxmemory-policy noeviction ...``: the shared state of the
+    replicas. No RDB snapshots; with ``aof`` every acknowledged write (a budget charge, an
+    approval) is on disk before Redis answers, so a restart loses none. ``noeviction``: an
+    evicted budget counter would reset the budget."""
+    argv = [binary, "--port", str(port), "--bind", host, "--protected-mode", "no",
+            "--save", ""]
+    argv += ["--appendonly", "yes", "--appendfsync", "always"] if aof else ["--appendonly", "no"]
+    argv += ["--maxmemory-policy", "noeviction"]
+    return argv + [str(a) for a in extra]
+
+
+def replica_extra(redis_url: str, instance: str) -> list[str]:
+    """What a replica adds to :func:`fiveplane_argv`: the shared state and its own evidence
+    chain (``--state REDIS_URL --instance NAME``)."""
+    return ["--state", redis_url, "--instance", instance]

@@ -1,6 +1,8 @@
-"""The docker-compose example, without Docker: the same three services, started with the same
-command lines (``tests/e2e/commands.py``) on loopback, governed by a loopback variant of
-``policies/examples/compose.yaml``, driven by ``examples/agent.py``'s own flow.
+"""The docker-compose example, without Docker: the same services (two proxy replicas sharing a
+real redis-server, the MCP server, the HTTP upstream), started with the same command lines
+(``tests/e2e/commands.py``) on loopback, governed by a loopback variant of
+``policies/examples/compose.yaml``, driven by ``examples/agent.py``'s own flow through each
+replica (the load balancer in front of them, HAProxy, is checked by ``tests/test_compose.py``).
 
 Only the addresses change: the compose service names become 127.0.0.1, the fixed compose ports
 become ephemeral ones and the egress subnet becomes 127.0.0.1/32. Every allow, deny and reason
@@ -24,7 +26,14 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import yaml
 from clients import read_evidence
-from commands import REPO_ROOT, fiveplane_argv, http_upstream_argv, mcp_server_argv
+from commands import (
+    REPO_ROOT,
+    fiveplane_argv,
+    http_upstream_argv,
+    mcp_server_argv,
+    redis_server_argv,
+    replica_extra,
+)
 
 from proxy.policy import compile_file
 
@@ -115,9 +124,29 @@ def loopback_policy(doc: Any, hosts: dict[str, str], ports: dict[int, int],
 # --------------------------------------------------------------------------------------------
 
 
+sys.path.insert(0, str(REPO_ROOT / "tests" / "proxy" / "state"))
+from redis_fixture import RedisServer, have_redis  # noqa: E402
+
+REPLICAS = ("proxy-a", "proxy-b")
+
+
 @pytest.fixture
-def compose_stack(tmp_path: Path, mcp_server, proxy_process, proxy_certs) -> dict[str, Any]:
-    """mcp-server, http-upstream and the proxy on loopback, as compose runs them."""
+def redis(tmp_path: Path) -> Any:
+    why = have_redis()
+    if why:
+        pytest.fail(why)         # .ci/run installs redis-server: its absence is a failure
+    server = RedisServer(tmp_path / "redis", aof=True).start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def compose_stack(tmp_path: Path, mcp_server, proxy_process, proxy_certs,
+                  redis: RedisServer) -> dict[str, Any]:
+    """mcp-server, http-upstream, redis and the two replicas on loopback, as compose runs
+    them."""
     mcp = mcp_server.start(name="crm")
     upstream = proxy_process.start(http_upstream_argv(0, host=LOOPBACK), UPSTREAM_READY)
 
@@ -136,17 +165,24 @@ def compose_stack(tmp_path: Path, mcp_server, proxy_process, proxy_certs) -> dic
     policy.write_text(text)
     compile_file(policy)  # fails loudly here rather than as a proxy that never starts
 
-    state = tmp_path / "state"
-    proxy = proxy_process.start_fiveplane(policy, state_dir=state)
+    state = tmp_path / "state"        # one state directory, as the shared compose volume
+    replicas = {name: proxy_process.start_fiveplane(
+        policy, state_dir=state, extra=replica_extra(redis.url, name)) for name in REPLICAS}
 
     # exactly the command lines of tests/e2e/commands.py (and so of docker-compose.yml)
     assert mcp.process.argv == mcp_server_argv(0, calls_log=mcp.calls_log, name="crm")
     assert upstream.process.argv == http_upstream_argv(0, host=LOOPBACK)
-    assert proxy.process.argv == fiveplane_argv(policy, "127.0.0.1:0", proxy_certs, state)
+    for name, proxy in replicas.items():
+        assert proxy.process.argv == fiveplane_argv(policy, "127.0.0.1:0", proxy_certs, state,
+                                                    extra=replica_extra(redis.url, name))
+    assert redis.proc is not None and redis.proc.args[:len(redis_server_argv(
+        redis.port, host=LOOPBACK, binary=redis.proc.args[0]))] == redis_server_argv(
+        redis.port, host=LOOPBACK, binary=redis.proc.args[0])
     return {
         "mcp": mcp,
         "upstream": upstream,
-        "proxy": proxy,
+        "replicas": replicas,
+        "proxy": replicas["proxy-a"],
         "policy": variant,
         "evidence": state,
         "mcp_url": f"http://{LOOPBACK}:{mcp.port}/mcp",
@@ -218,10 +254,10 @@ def _check_report(report: Any, stack: dict[str, Any], mode: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["auto", "legacy"])
-def test_agent_flow_through_compose_policy(compose_stack, mode):
+@pytest.mark.parametrize(("mode", "replica"), [("auto", "proxy-a"), ("legacy", "proxy-b")])
+def test_agent_flow_through_compose_policy(compose_stack, mode, replica):
     agent = load_agent()
-    proxy = compose_stack["proxy"]
+    proxy = compose_stack["replicas"][replica]
     config = agent.AgentConfig(
         mcp_url=compose_stack["mcp_url"],
         http_url=compose_stack["http_url"],
@@ -232,6 +268,12 @@ def test_agent_flow_through_compose_policy(compose_stack, mode):
     )
     report = agent.run(config)
     _check_report(report, compose_stack, mode)
+    # the replica that served the agent wrote the evidence, in its own chain
+    chains = {p.name.split("-2")[0] for p in (compose_stack["evidence"] / "audit").glob(
+        "audit-*.jsonl")}
+    assert chains == {f"audit-{name}" for name in REPLICAS}
+    (own,) = (compose_stack["evidence"] / "audit").glob(f"audit-{replica}-*.jsonl")
+    assert report.denied_call.decision_id in own.read_text()
 
 
 def test_agent_process_as_compose_runs_it(compose_stack, tmp_path):

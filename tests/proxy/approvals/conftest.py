@@ -4,6 +4,7 @@ its entry here and must pass the same tests."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,26 @@ from proxy.action import Action, Kind, StopPoint
 from proxy.approvals import ApprovalStore, MemoryApprovalStore, SqliteApprovalStore
 from proxy.principal import Link, Principal, PrincipalKind
 
+_STATE_TESTS = str(Path(__file__).parents[1] / "state")
+if _STATE_TESTS not in sys.path:  # the real redis-server fixture of the state tests
+    sys.path.insert(0, _STATE_TESTS)
+
+from redis_fixture import redis_server  # noqa: E402,F401 -- a fixture, used by name
+
+
+def _redis(path: Path, url: str = "", **kw: Any) -> ApprovalStore:
+    from proxy.approvals.redis_store import RedisApprovalStore
+    from proxy.state.redis_store import RedisStore
+
+    # one prefix per store: several stores in one test do not share requests
+    return RedisApprovalStore(RedisStore(url, prefix=f"fp:{path.stem}:"), **kw)
+
+
 BACKENDS: dict[str, Callable[..., ApprovalStore]] = {
     "memory": lambda path, **kw: MemoryApprovalStore(**kw),
     "sqlite-memory": lambda path, **kw: SqliteApprovalStore(":memory:", **kw),
     "sqlite-file": lambda path, **kw: SqliteApprovalStore(path, **kw),
+    "redis": _redis,     # this test's own redis-server
 }
 
 ALICE = Principal((Link("alice", PrincipalKind.HUMAN), Link("planner", PrincipalKind.AGENT),
@@ -43,15 +60,20 @@ def clock() -> Clock:
 @pytest.fixture(params=list(BACKENDS))
 def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Any]]:
     opened: list[ApprovalStore] = []
+    extra = ({"url": request.getfixturevalue("redis_server").url}
+             if request.param == "redis" else {})
 
     def make(**kw: Any) -> ApprovalStore:
-        store = BACKENDS[request.param](tmp_path / "approvals.db", **kw)
+        store = BACKENDS[request.param](tmp_path / "approvals.db", **extra, **kw)
         opened.append(store)
         return store
 
     yield make
     for store in opened:
         store.close()
+        state = getattr(store, "_state", None)
+        if state is not None:
+            state.close()
 
 
 @pytest.fixture

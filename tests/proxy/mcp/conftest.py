@@ -1,9 +1,10 @@
-"""Fixtures of the MCP-in-depth tests: state stores (memory and SQLite) and tool lists —
+"""Fixtures of the MCP-in-depth tests: state stores (memory, SQLite and Redis) and tool lists —
 clean ones, and poisoned ones modelled on the public tool-poisoning examples."""
 
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -13,16 +14,32 @@ import pytest
 
 from proxy.state import MemoryStore, SqliteStore, StateStore
 
-STORES: dict[str, Callable[[Path], StateStore]] = {
+_STATE_TESTS = str(Path(__file__).parents[1] / "state")
+if _STATE_TESTS not in sys.path:  # the real redis-server fixture of the state tests
+    sys.path.insert(0, _STATE_TESTS)
+
+from redis_fixture import redis_server  # noqa: E402,F401 -- a fixture, used by name
+
+
+def _redis(path: Path, url: str = "") -> StateStore:
+    from proxy.state.redis_store import RedisStore
+
+    return RedisStore(url)
+
+
+STORES: dict[str, Callable[..., StateStore]] = {
     "memory": lambda path: MemoryStore(),
     "sqlite": lambda path: SqliteStore(path),
     "sqlite-shared": lambda path: SqliteStore(path, shared=True),
+    "redis": _redis,       # this test's own redis-server
 }
 
 
 @pytest.fixture(params=list(STORES))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
-    s = STORES[request.param](tmp_path / "state.sqlite")
+    extra = ({"url": request.getfixturevalue("redis_server").url}
+             if request.param == "redis" else {})
+    s = STORES[request.param](tmp_path / "state.sqlite", **extra)
     yield s
     s.close()
 

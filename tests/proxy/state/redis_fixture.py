@@ -31,6 +31,12 @@ from pathlib import Path
 
 import pytest
 
+_E2E = str(Path(__file__).resolve().parents[2] / "e2e")
+if _E2E not in sys.path:
+    sys.path.insert(0, _E2E)
+
+from commands import redis_server_argv  # noqa: E402
+
 REDIS_SERVER = shutil.which("redis-server")
 
 
@@ -89,13 +95,11 @@ class RedisServer:
 
     def start(self, attempts: int = 5) -> RedisServer:
         for _ in range(attempts):
-            args = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-                    "--save", "", "--daemonize", "no", "--dir", str(self.workdir),
-                    "--logfile", str(self.workdir / "redis.log")]
-            if self.aof:
-                args += ["--appendonly", "yes", "--appendfsync", "always"]
-            else:
-                args += ["--appendonly", "no"]
+            # the command line of docker-compose.yml's redis service, on loopback
+            args = redis_server_argv(
+                self.port, host="127.0.0.1", aof=self.aof, binary=REDIS_SERVER,
+                extra=["--daemonize", "no", "--dir", str(self.workdir),
+                       "--logfile", str(self.workdir / "redis.log")])
             self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL,
                                          preexec_fn=_die_with_parent)
