@@ -604,12 +604,9 @@ class Gateway:
                 body = narrowed_request_body(source, action.kind, judged.narrowed)
             except (BodyError, ValueError, TypeError, AttributeError, KeyError) as e:
                 self._release(list(judged.charged), action.at)
-                decision_id, decision, commit = self._refusal(
+                return self._refused(
                     action, "narrow.rewrite",
-                    f"the narrowed call could not be written into the request: {e!r}")
-                reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
-                                   rpc_id=action.rpc_id)
-                return RequestResult(action, decision_id, decision, reply, strip, commit=commit)
+                    f"the narrowed call could not be written into the request: {e!r}", strip)
             parked = replace(parked, body=body)  # an approval binds the narrowed form
         if (decision.verdict.proceeds or (self._holds(decision, action)
                                           and decision.verdict is not Verdict.DEFER)) \
@@ -619,10 +616,7 @@ class Gateway:
             action, why = self.rollback.reserve(action, decision_id, dict(parked.headers))
             if why is not None:
                 self._release(list(judged.charged), action.at)
-                decision_id, decision, commit = self._refusal(action, "rollback.journal", why)
-                reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
-                                   rpc_id=action.rpc_id)
-                return RequestResult(action, decision_id, decision, reply, strip, commit=commit)
+                return self._refused(action, "rollback.journal", why, strip)
         if self._holds(decision, action):
             if decision.verdict is Verdict.DEFER:
                 return RequestResult(action, decision_id, decision, None, strip, judged=judged,
@@ -634,12 +628,9 @@ class Gateway:
                                       if self.parking is not None else policy.approval_timeout,
                                       body=parked.body, query=parked.query, now=self._clock())
             except (ApprovalError, StateError, ValueError) as e:
-                decision_id, decision, commit = self._refusal(
+                return self._refused(
                     action, "approvals.unavailable",
-                    f"{decision.reason}; the approval request could not be created: {e}")
-                reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
-                                   rpc_id=action.rpc_id)
-                return RequestResult(action, decision_id, decision, reply, strip, commit=commit)
+                    f"{decision.reason}; the approval request could not be created: {e}", strip)
             return RequestResult(action, decision_id, decision, None, strip, judged=judged,
                                  body=body, hold=request,
                                  parked=parked if decision.verdict is Verdict.PAUSE else None)
@@ -655,6 +646,15 @@ class Gateway:
                     and policy.rolls_back(decision) else None)
         return RequestResult(action, decision_id, decision, reply, strip, judged=judged,
                              rollback=rollback)
+
+    def _refused(self, action: Action, rule_id: str, reason: str,
+                 strip: frozenset[str]) -> RequestResult:
+        """A judged request the proxy refuses itself (its realization failed): recorded
+        and answered."""
+        decision_id, decision, commit = self._refusal(action, rule_id, reason)
+        reply = deny_reply(decision, decision_id, mcp=action.kind is Kind.MCP,
+                           rpc_id=action.rpc_id)
+        return RequestResult(action, decision_id, decision, reply, strip, commit=commit)
 
     async def resolve_hold(self, result: RequestResult,
                            check: Callable[[], str | None] | None = None) -> RequestResult:
