@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import select
 import threading
 import time
 import uuid
@@ -208,6 +209,10 @@ class AuditLog:
         self.last_error: AuditError | None = None
         # shared state (under ``_cond``)
         self._cond = threading.Condition(threading.Lock())
+        # The idle writer sleeps on a pipe, not on ``_cond``: see ``_wake``.
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._poller = select.poll()
+        self._poller.register(self._wake_r, select.POLLIN)
         self._state_lock = threading.Lock()
         self._pending: list[tuple[bytes, Commit, str]] = []
         self._idle = False
@@ -249,9 +254,21 @@ class AuditLog:
             self._last_append = now
             self._pending.append((body, commit, kind))
             self._last_commit = commit
-            if self._idle:
-                self._cond.notify()
+            wake, self._idle = self._idle, False
+        if wake:
+            self._wake()
         return commit
+
+    def _wake(self) -> None:
+        """Wake the idle writer thread. Through a pipe because ``os.write`` drops the GIL
+        before the syscall that wakes it: when the wake-up preempts the caller (a busy
+        machine), the writer takes the GIL and starts on the batch at once. A
+        ``Condition.notify`` wakes it while the caller still holds the GIL, so the writer
+        stalls on it and the caller waits in the run queue: measured 0.3-0.6 ms per
+        sequential request on a loaded 2-core machine, about a third of the in-process
+        cost of a decision."""
+        with contextlib.suppress(OSError):   # a full pipe: a wake-up is already pending
+            os.write(self._wake_w, b"\0")
 
     def record(self, action: Action | None, decision: Decision, *, outcome: str,
                decision_id: str, enforced: Decision | None = None, adjudicated: bool = True,
@@ -296,12 +313,12 @@ class AuditLog:
             if self._closing:
                 return
             self._closing = True
-            self._cond.notify()
+        self._wake()
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("audit writer did not stop within %s s", timeout)
             return
-        for fd in (self._fd, self._ck_fd):
+        for fd in (self._fd, self._ck_fd, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._closed = True
@@ -316,16 +333,19 @@ class AuditLog:
 
     def _run(self) -> None:
         while True:
-            with self._cond:
-                while not self._pending and not self._closing:
+            while True:
+                with self._cond:
+                    self._idle = False
+                    if self._pending or self._closing:
+                        break
                     timeout = None
                     if self._seq != self._cp_size:
                         timeout = self._deadline - time.monotonic()
                         if timeout <= 0:
                             break
                     self._idle = True
-                    self._cond.wait(timeout)
-                    self._idle = False
+                self._sleep(timeout)
+            with self._cond:
                 delay = self._commit_delay() if self._pending and not self._closing else 0.0
             if delay:
                 time.sleep(delay)  # releases the GIL: appenders fill the batch meanwhile
@@ -344,6 +364,12 @@ class AuditLog:
                 self._io = 0.8 * self._io + 0.2 * (time.monotonic() - started)
             if closing:
                 return
+
+    def _sleep(self, timeout: float | None) -> None:
+        """Until ``_wake`` (or ``timeout`` s: the checkpoint deadline); drains the pipe."""
+        self._poller.poll(None if timeout is None else timeout * 1000)
+        with contextlib.suppress(OSError):   # nothing to read: the timeout passed
+            os.read(self._wake_r, 4096)
 
     def _commit_delay(self) -> float:
         """How long to let a batch fill before writing it (under ``_cond``).
