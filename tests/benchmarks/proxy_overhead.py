@@ -22,8 +22,8 @@ calls are refused); and the same with every plane on (``every_plane``: a verifie
 bodies; checked: no token and a body carrying a secret are refused). The audit log's
 durable commit is on in both fiveplane configurations.
 
-100 warm-up requests per series, then N timed requests (1,000; ``--quick`` 200) in 10
-rounds of N/10; in every round each scenario runs its targets back to back, the target
+100 warm-up requests per series (``--quick`` 40), then N timed requests (1,000; ``--quick``
+100) in 10 rounds of N/10; in every round each scenario runs its targets back to back, the target
 order rotating per round, so slow phases of a noisy machine hit all targets. Every
 response is checked (status and body) outside the timed window. Besides latency, the CPU
 time each proxy process spends on the timed requests is read from
@@ -78,8 +78,9 @@ FIVEPLANE_READY = r"listening on http://127\.0\.0\.1:(\d+)"
 READY_TIMEOUT = 60.0
 
 FULL_N = 1_000
-QUICK_N = 200
+QUICK_N = 100
 WARMUP = 100
+QUICK_WARMUP = 40
 ROUNDS = 10
 TARGET_RATIO = 1.10
 LEGACY_VERSION = "2025-11-25"
@@ -598,6 +599,7 @@ def run(quick: bool = False, log: Callable[[str], None] = print,
     import peers
 
     n = QUICK_N if quick else FULL_N
+    warmup = QUICK_WARMUP if quick else WARMUP
     per_round = n // ROUNDS
     cf_n = CF_QUICK_N if quick else CF_FULL_N
     section = Section("Proxy overhead: direct vs. bare mitmdump vs. fiveplane"
@@ -698,15 +700,15 @@ def run(quick: bool = False, log: Callable[[str], None] = print,
                 else:
                     proxy = proxies.get(t)
                     s = make_series(sc, t, proxy and f"http://127.0.0.1:{proxy.port}",
-                                    upstream_url, mcp_url, WARMUP + n, https_url=https_url,
+                                    upstream_url, mcp_url, warmup + n, https_url=https_url,
                                     verify=proxy_ca if proxy else direct_ca,
                                     proxy_headers=token_auth if t == ALL else None)
                     s.proxy_pid = proxy and proxy.proc.pid
                 table[(sc, t)] = s
                 series.append(s)
         for s in series:
-            s.run(CF_WARMUP if s.target == CF else WARMUP, timed=False)
-        log(f"  proxy: warm-up done ({WARMUP} requests x {len(series)} series"
+            s.run(CF_WARMUP if s.target == CF else warmup, timed=False)
+        log(f"  proxy: warm-up done ({warmup} requests x {len(series)} series"
             + (f", {CF_WARMUP} for ContextForge" if gw else "") + ")")
 
         for rnd in range(ROUNDS):
@@ -831,7 +833,7 @@ def run(quick: bool = False, log: Callable[[str], None] = print,
                          "p50 total µs"], ev_rows, align=["l", "l", "r", "r", "r"]))
     section.add(
         f"- {n:,} timed requests per row ({ROUNDS} rounds x {per_round}, target order "
-        f"rotating), {WARMUP} warm-up requests per series; sequential on one keep-alive "
+        f"rotating), {warmup} warm-up requests per series; sequential on one keep-alive "
         "httpx client per series, so req/s = 1 / mean latency\n"
         "- mitmdump: `--set connection_strategy=lazy --set http3=false --set flow_detail=0`; "
         "fiveplane: `python -m proxy run --reload-interval 0 --upstream-ca CA` (lazy, no "
