@@ -442,13 +442,13 @@ def md_table(headers: list[str], rows: list[list[object]]) -> str:
 def run(quick: bool = False, log: Any = None, profile: bool = False,
         tiny: bool = False) -> Any:
     """The DLP section of the benchmark report (``run.py``); ``tiny``: a 1 MB corpus, a
-    10 MB stream and no ``scan_line`` sample (``run.py --quick``)."""
+    4 MB stream and no ``scan_line`` sample (``run.py --quick``)."""
     from common import Section
 
     section = Section("DLP: detector throughput vs. detect-secrets")
     lines: list[str] = []
     mb = 1 if tiny else (2 if quick else 10)
-    stream_mb = 10 if tiny else (20 if quick else 100)
+    stream_mb = 4 if tiny else (20 if quick else 100)
     ok, figures = _report(mb, stream_mb, 3 if quick or tiny else 5,
                           0 if tiny else (2000 if quick else 5000), profile,
                           lambda m="": lines.append(m),

@@ -649,8 +649,9 @@ def run(quick: bool = False, log: Callable[[str], None] = print,
 
         proxies = {
             "mitmdump": procs.start("mitmdump", mitm_argv, MITMDUMP_READY),
-            NOOP: procs.start("mitmdump-noop", [*mitm_argv, "-s", BENCH_DIR / "noop_addon.py"],
-                              MITMDUMP_READY),
+            **({} if quick else {NOOP: procs.start(  # the diagnostic is left out of --quick
+                "mitmdump-noop", [*mitm_argv, "-s", BENCH_DIR / "noop_addon.py"],
+                MITMDUMP_READY)}),
             "fiveplane": procs.start("fiveplane", [py, *five_argv("state")], FIVEPLANE_READY),
             ALL: procs.start("fiveplane-all", [py, *five_argv("all", policy_all)],
                              FIVEPLANE_READY),
@@ -687,7 +688,8 @@ def run(quick: bool = False, log: Callable[[str], None] = print,
                     log(f"  proxy: ContextForge {cf_note[:300]}")
 
         def targets_for(sc: str) -> tuple[str, ...]:
-            return (*TARGETS, CF) if gw is not None and sc.startswith("mcp") else TARGETS
+            ts = tuple(t for t in TARGETS if t == "direct" or t in proxies)
+            return (*ts, CF) if gw is not None and sc.startswith("mcp") else ts
 
         table: dict[tuple[str, str], Series] = {}
         for sc in SCENARIOS:
@@ -789,7 +791,7 @@ def run(quick: bool = False, log: Callable[[str], None] = print,
                             f"{f['p50'] - m['p50']:+.3f}", f"{f['p50'] - d['p50']:+.3f}",
                             f"{cpu[t] / cpu['mitmdump']:.3f}",
                             f"{cpu[t] - cpu['mitmdump']:+,.0f}",
-                            f"{cpu[NOOP] - cpu['mitmdump']:+,.0f}",
+                            f"{cpu[NOOP] - cpu['mitmdump']:+,.0f}" if NOOP in cpu else "-",
                             f"≤ {TARGET_RATIO:.2f}: {verdict(ok)}"])
     section.add(md_table(
         ["scenario", "target", "requests", "p50 ms", "p90 ms", "p99 ms", "req/s",
