@@ -343,8 +343,16 @@ class AuditLog:
                         timeout = self._deadline - time.monotonic()
                         if timeout <= 0:
                             break
+                # Drain wake-ups already consumed before going idle (not after waking: the
+                # writer then keeps the GIL and starts on the batch at once). A byte still
+                # on its way only makes the next sleep return early.
+                with contextlib.suppress(OSError):
+                    os.read(self._wake_r, 4096)
+                with self._cond:
+                    if self._pending or self._closing:
+                        continue
                     self._idle = True
-                self._sleep(timeout)
+                self._poller.poll(None if timeout is None else timeout * 1000)
             with self._cond:
                 delay = self._commit_delay() if self._pending and not self._closing else 0.0
             if delay:
@@ -364,12 +372,6 @@ class AuditLog:
                 self._io = 0.8 * self._io + 0.2 * (time.monotonic() - started)
             if closing:
                 return
-
-    def _sleep(self, timeout: float | None) -> None:
-        """Until ``_wake`` (or ``timeout`` s: the checkpoint deadline); drains the pipe."""
-        self._poller.poll(None if timeout is None else timeout * 1000)
-        with contextlib.suppress(OSError):   # nothing to read: the timeout passed
-            os.read(self._wake_r, 4096)
 
     def _commit_delay(self) -> float:
         """How long to let a batch fill before writing it (under ``_cond``).
