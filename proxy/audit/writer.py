@@ -261,12 +261,12 @@ class AuditLog:
 
     def _wake(self) -> None:
         """Wake the idle writer thread. Through a pipe because ``os.write`` drops the GIL
-        before the syscall that wakes it: when the wake-up preempts the caller (a busy
-        machine), the writer takes the GIL and starts on the batch at once. A
-        ``Condition.notify`` wakes it while the caller still holds the GIL, so the writer
-        stalls on it and the caller waits in the run queue: measured 0.3-0.6 ms per
-        sequential request on a loaded 2-core machine, about a third of the in-process
-        cost of a decision."""
+        before the syscall that wakes it: when the wake-up preempts the caller (no idle
+        core), the writer takes the GIL and starts on the batch at once. A
+        ``Condition.notify`` wakes it while the caller still holds the GIL: the writer
+        stalls on the GIL and the caller waits in the run queue. Measured at load average
+        6-8 on 2 cores: p50 13 µs but mean 0.26-0.6 ms per notify, a third of the
+        gateway's in-process time per request (tests/benchmarks/README.md)."""
         with contextlib.suppress(OSError):   # a full pipe: a wake-up is already pending
             os.write(self._wake_w, b"\0")
 

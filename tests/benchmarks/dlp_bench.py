@@ -449,7 +449,7 @@ def run(quick: bool = False, log: Any = None, profile: bool = False,
     lines: list[str] = []
     mb = 1 if tiny else (2 if quick else 10)
     stream_mb = 4 if tiny else (20 if quick else 100)
-    ok, figures = _report(mb, stream_mb, 3 if quick or tiny else 5,
+    ok, figures = _report(mb, stream_mb, 9 if tiny else (3 if quick else 5),  # best of
                           0 if tiny else (2000 if quick else 5000), profile,
                           lambda m="": lines.append(m),
                           log or (lambda m: print(m, file=sys.stderr)))
