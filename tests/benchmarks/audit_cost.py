@@ -4,7 +4,7 @@ fsync, and off — four processes, one policy, one upstream, measured in the sam
 interleaved rounds.
 
     .venv/bin/python tests/benchmarks/audit_cost.py [--quick]
-    .venv/bin/python tests/benchmarks/run.py --only audit
+    .venv/bin/python tests/benchmarks/run.py --only audit-cost
 
 * sequential: one keep-alive client, one plain HTTP GET at a time (every request waits for
   its own fsync: the worst case for group commit); p50/p90/p99 latency, proxy CPU per

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -310,19 +311,20 @@ def bench_detect_secrets(corpus: str, sample_lines: int) -> list[tuple[str, floa
             dt = time.process_time() - t0
             n = sum(len(v) for _, v in secrets.data.items())
             rows.append(("detect-secrets scan_file (default plugins)", dt, len(corpus.encode()), n))
-            lines = corpus.splitlines()[:sample_lines]
-            sample = "\n".join(lines)
-            t0 = time.process_time()
-            n = sum(1 for line in lines for _ in scan_line(line))
-            dt = time.process_time() - t0
-            rows.append(
-                (
-                    f"detect-secrets scan_line (first {len(lines)} lines)",
-                    dt,
-                    len(sample.encode()),
-                    n,
+            if sample_lines:
+                lines = corpus.splitlines()[:sample_lines]
+                sample = "\n".join(lines)
+                t0 = time.process_time()
+                n = sum(1 for line in lines for _ in scan_line(line))
+                dt = time.process_time() - t0
+                rows.append(
+                    (
+                        f"detect-secrets scan_line (first {len(lines)} lines)",
+                        dt,
+                        len(sample.encode()),
+                        n,
+                    )
                 )
-            )
     return rows
 
 
@@ -437,16 +439,33 @@ def md_table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(out)
 
 
+def run(quick: bool = False, log: Any = None, profile: bool = False,
+        tiny: bool = False) -> Any:
+    """The DLP section of the benchmark report (``run.py``); ``tiny``: a 1 MB corpus, a
+    4 MB stream and no ``scan_line`` sample (``run.py --quick``)."""
+    from common import Section
+
+    section = Section("DLP: detector throughput vs. detect-secrets")
+    lines: list[str] = []
+    mb = 1 if tiny else (2 if quick else 10)
+    stream_mb = 4 if tiny else (20 if quick else 100)
+    ok, figures = _report(mb, stream_mb, 9 if tiny else (3 if quick else 5),  # best of
+                          0 if tiny else (2000 if quick else 5000), profile,
+                          lambda m="": lines.append(m),
+                          log or (lambda m: print(m, file=sys.stderr)))
+    section.add("\n".join(lines))
+    section.data.update(figures)
+    if not ok:
+        section.missed.append(f"DLP Scanner.scan {figures['mbps']:.1f} < {TARGET_MBPS:.0f} MB/s")
+    return section
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="2 MB corpus, 20 MB stream")
     ap.add_argument("--profile", action="store_true", help="always print a cProfile breakdown")
     ap.add_argument("--markdown", type=Path, help="also write the report to this file")
     args = ap.parse_args()
-
-    size = (2 if args.quick else 10) * 1024 * 1024
-    stream_total = (20 if args.quick else 100) * 1024 * 1024
-    repeat = 3 if args.quick else 5
     report: list[str] = []
 
     def say(s: str = "") -> None:
@@ -460,7 +479,19 @@ def main() -> int:
         f"{platform.python_version()}, load average {os.getloadavg()[0]:.2f}"
     )
     say(f"- command: {' '.join([Path(sys.executable).name, *sys.argv])}")
-    print("building corpus ...", file=sys.stderr, flush=True)
+    ok, _ = _report(2 if args.quick else 10, 20 if args.quick else 100,
+                    3 if args.quick else 5, 2000 if args.quick else 5000, args.profile, say,
+                    lambda m: print(m, file=sys.stderr, flush=True))
+    if args.markdown:
+        args.markdown.write_text("\n".join(report) + "\n", encoding="utf-8")
+    return 0 if ok else 1
+
+
+def _report(corpus_mb: int, stream_mb: int, repeat: int, sample_lines: int, profile: bool,
+            say: Any, log: Any) -> tuple[bool, dict[str, float]]:
+    size = corpus_mb * 1024 * 1024
+    stream_total = stream_mb * 1024 * 1024
+    log("  dlp: building corpus ...")
     corpus, planted = build_corpus(size)
     nbytes = len(corpus.encode())
     say(
@@ -492,8 +523,8 @@ def main() -> int:
             len(found_sec),
         ]
     )  # type: ignore[arg-type]
-    print("running detect-secrets ...", file=sys.stderr, flush=True)
-    ds = bench_detect_secrets(corpus, 2000 if args.quick else 5000)
+    log("  dlp: running detect-secrets ...")
+    ds = bench_detect_secrets(corpus, sample_lines)
     for name, dt, n, count in ds:
         rows.append([name, f"{dt:.3f}", f"{n / dt / 1e6:.2f}", count])
     say(md_table(["scanner", "CPU s", "MB/s", "findings"], rows))
@@ -530,7 +561,7 @@ def main() -> int:
     )
     say()
 
-    print("streaming ...", file=sys.stderr, flush=True)
+    log("  dlp: streaming ...")
     st = bench_stream(stream_total)
     base, scan = st["baseline"], st["scan"]
     say(
@@ -557,15 +588,16 @@ def main() -> int:
         )
     )
     say()
-    if args.profile or not ok:
+    if profile or not ok:
         say("cProfile of one Scanner.scan over the corpus (by own time):")
         say()
         say("```")
         say(profile_scan(all_sc, corpus).strip())
         say("```")
-    if args.markdown:
-        args.markdown.write_text("\n".join(report) + "\n", encoding="utf-8")
-    return 0 if ok else 1
+    figures = {"mbps": mbps, "stream_mbps": scan["sent"] / scan["cpu"] / 1e6}
+    if ds:
+        figures["detect_secrets_mbps"] = ds[0][2] / ds[0][1] / 1e6
+    return ok, figures
 
 
 if __name__ == "__main__":

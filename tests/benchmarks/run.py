@@ -1,12 +1,12 @@
 """fiveplane benchmarks: adjudication latency, Cedar and AGT side by side, proxy overhead
-(with IBM ContextForge), scaling curves.
+(with IBM ContextForge), scaling curves, DLP detectors vs. detect-secrets, audit log.
 
     .venv/bin/python tests/benchmarks/run.py [--quick] [--only NAME ...]
         [--markdown FILE | --write-docs] [--setup-peers] [--no-contextforge]
         [--[no-]profile]
 
-NAME: adjudication, cedar, agt, proxy, scaling, audit, held, observe, workers (repeat
-``--only`` to pick several).
+NAME: adjudication, cedar, agt, proxy, scaling, dlp, audit, audit-cost, held, observe,
+workers (repeat ``--only`` to pick several).
 Prints the machine, the command line and every table (markdown) on stdout, progress on
 stderr; ``--markdown FILE`` writes the same report to FILE; ``--write-docs`` writes it to
 ``docs/benchmarks.md`` with the latency plot ``docs/benchmarks-latency.png`` (matplotlib).
@@ -37,8 +37,8 @@ ensure_paths()
 
 import peers  # noqa: E402
 
-BENCHMARKS = ("adjudication", "cedar", "agt", "proxy", "scaling", "audit", "held", "observe",
-              "workers")
+BENCHMARKS = ("adjudication", "cedar", "agt", "proxy", "scaling", "dlp", "audit", "audit-cost",
+              "held", "observe", "workers")
 DOCS_MD = REPO_ROOT / "docs" / "benchmarks.md"
 DOCS_PNG = REPO_ROOT / "docs" / "benchmarks-latency.png"
 
@@ -79,6 +79,7 @@ def machine(extra: list[list[str]]) -> str:
         ["mitmproxy", mitmproxy.version.VERSION],
         ["cedarpy", _version("cedarpy")],
         ["matplotlib (plot only)", _version("matplotlib")],
+        ["detect-secrets (DLP baseline)", _version("detect-secrets")],
         *extra,
         ["platform", platform.platform()],
         ["load average at start (1/5/15 min)", load],
@@ -263,18 +264,31 @@ def main(argv: list[str] | None = None) -> int:
             return sc.run(args.quick, log=log, rules_p50=rules)
         step("scaling", scaling)
 
+        def dlp() -> Section:
+            import dlp_bench
+            return dlp_bench.run(args.quick, log=log, tiny=args.quick)  # type: ignore[no-any-return]
+        step("dlp", dlp)
+
         def audit() -> Section:
+            import audit_bench
+            return audit_bench.run(args.quick, log=log)
+        step("audit", audit)
+
+        def audit_cost_() -> Section:
             import audit_cost
             return audit_cost.run(args.quick, log=log)
-        step("audit", audit)
+        step("audit-cost", audit_cost_)
+
         def held() -> Section:
             import held_calls
             return held_calls.run(args.quick, log=log)
         step("held", held)
+
         def observe() -> Section:
             import observe_bench
             return observe_bench.run(args.quick, log=log)
         step("observe", observe)
+
         def workers() -> Section:
             import workers_bench
             return workers_bench.run(args.quick, log=log)

@@ -369,7 +369,7 @@ def memory_vs_sessions(quick: bool, log: Callable[[str], None]) -> tuple[str, di
             mcp_url = f"http://127.0.0.1:{mcp.port}/mcp"
             if target == "fiveplane":
                 policy = work / "policy.yaml"
-                po.write_policy(policy, 9, mcp.port)
+                po.write_policy(policy, 9, mcp.port, 10)
                 proxy = procs.start("fiveplane", [
                     py, "-m", "proxy", "run", "--policy", policy, "--listen", "127.0.0.1:0",
                     "--certs", confdir, "--state-dir", work / "state", "--reload-interval",
