@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -10,6 +9,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ..principal import Principal
+from ..randomid import random_id
 from ..state.errors import StateError
 from .model import (
     DEFAULT_TIMEOUT,
@@ -183,5 +183,5 @@ class MemoryApprovalStore(NotifyingStore):
 
 
 def new_id() -> str:
-    """A random, URL-safe request id (128 bits)."""
-    return secrets.token_urlsafe(16)
+    """A random, URL-safe request id (128 bits) an approver can type after ``approve``."""
+    return random_id(16)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-import secrets
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..randomid import random_id
 
 log = logging.getLogger("fiveplane.control")
 
@@ -88,7 +88,7 @@ class ControlAuth:
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    return random_id(32)
 
 
 def ensure_token_file(path: str | Path) -> bool:

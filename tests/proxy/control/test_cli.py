@@ -161,3 +161,13 @@ def test_cli_does_not_go_through_a_proxy(server, stores, capsys, monkeypatch):
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
     monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
     assert fiveplane("approvals", "list", "--control", server.url, "--token", TOKEN) == 0
+
+
+def test_generated_ids_and_tokens_can_be_typed_after_a_cli_flag():
+    # argparse reads `approve -Xy…` / `--token -Xy…` as an option: an id or token starting
+    # with "-" (one in 64 of token_urlsafe) would be unusable from the command line.
+    from proxy.approvals.memory import new_id
+    from proxy.control.auth import new_token
+
+    assert not any(new_id().startswith("-") for _ in range(5000))
+    assert not any(new_token().startswith("-") for _ in range(5000))
