@@ -39,6 +39,9 @@ import peers  # noqa: E402
 
 BENCHMARKS = ("adjudication", "cedar", "agt", "proxy", "scaling", "dlp", "audit", "audit-cost",
               "held", "observe", "workers")
+# Each of these starts several proxies and times hundreds of calls through each: a full run
+# has them, `--quick` (the one-minute subset) only when named with `--only`.
+NOT_QUICK = frozenset({"audit-cost", "held", "observe", "workers"})
 DOCS_MD = REPO_ROOT / "docs" / "benchmarks.md"
 DOCS_PNG = REPO_ROOT / "docs" / "benchmarks-latency.png"
 
@@ -184,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="cProfile the fiveplane process after the proxy run "
                         "(default: only when the proxy target is missed; never in --quick)")
     args = p.parse_args(argv)
-    only = set(args.only or BENCHMARKS)
+    only = set(args.only or (set(BENCHMARKS) - NOT_QUICK if args.quick else BENCHMARKS))
     markdown = args.markdown or (str(DOCS_MD) if args.write_docs else None)
     contextforge = (not args.quick) if args.contextforge is None else args.contextforge
     profile = False if args.quick and args.profile is None else args.profile
