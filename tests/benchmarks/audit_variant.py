@@ -28,7 +28,11 @@ MODES = ("durable", "nofsync", "off")
 
 
 class NullSink:
-    """Evidence that records nothing (the audit-off baseline)."""
+    """Evidence that records nothing (the audit-off baseline). ``path`` and ``on_batch``
+    are what the addon reads of an ``AuditLog`` (evidence lookup, audit metrics)."""
+
+    path = None
+    on_batch = None
 
     def __init__(self, *_args: Any, **_kw: Any) -> None:
         pass

@@ -136,7 +136,7 @@ def run(quick: bool = False, log: Callable[[str], None] = print,
                    "--name", "bench"])
         mcp = procs.start("mcp-server", server, MCP_READY)
         policy = work / "policy.yaml"
-        write_policy(policy, mcp.port, mcp.port)
+        write_policy(policy, mcp.port, mcp.port, mcp.port)  # only MCP is timed
 
         def five(tag: str, extra: list[str]) -> Any:
             return procs.start(tag, [py, "-m", "proxy", "run", "--policy", policy,
