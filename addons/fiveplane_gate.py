@@ -279,6 +279,7 @@ class FiveplaneGate:
                 await self.gw().rollback.run_killed()
             except Exception as e:  # keep polling: the next kill must still roll back
                 log.error("rollback of killed sessions failed: %r", e)
+
     async def _sweep_streams(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
