@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,15 @@ def test_consistency_of_a_kept_checkpoint(tmp_path: Path,
     log = write_log(tmp_path, "grow:1", 23, every=10, close=False)
     kept = tmp_path / "kept.ckpt"
     log.flush(10)
+    # flush() waits for the records; the checkpoint line that signs them is written by the
+    # writer thread just after, so wait for it (a loaded machine can take a moment)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        path = log.checkpoint_path
+        lines = path.read_text().splitlines() if path.exists() else []
+        if lines and json.loads(lines[-1])["size"] == 20:
+            break
+        time.sleep(0.01)
     shutil.copy(log.checkpoint_path, kept)    # what the auditor took away: size 20
     assert json.loads(kept.read_text().splitlines()[-1])["size"] == 20
     for i in range(40):
